@@ -44,7 +44,7 @@ class TransformerConfig:
   pe: str = "rope"                    # positional scheme, by name (posjax.encodings.names())
   pe_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   pe_shared: bool = False             # one positional module for all layers (T5) or one each
-  attention_backend: str = "auto"     # auto, xla, chunked, cudnn
+  attention_backend: str = "auto"     # auto, xla, chunked, cudnn, fused
   chunk_size: int = 512               # queries per block for the chunked backend
   remat: bool = False                 # rematerialize each block in the backward pass
   dtype: str = "float32"              # compute dtype

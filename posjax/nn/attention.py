@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from posjax.kernels import ScoreMod
 from posjax.nn import attention_core
 from posjax.nn.positional import PositionalEncoding
 
@@ -20,6 +22,14 @@ def _dense(in_features, out_features, axis, names, *, use_bias, dtype, param_dty
       param_dtype=param_dtype, kernel_init=kernel_init, rngs=rngs,
       kernel_metadata={"out_sharding": names},
       bias_metadata={"out_sharding": names[-out_rank:]})
+
+
+def _score_mod(pe: Optional[PositionalEncoding]) -> Optional[ScoreMod]:
+  """The bias hook for the fused backend, or None (no scheme, no bias, or content terms too)."""
+  if pe is None or pe.scheme.score_mod is None or pe.scheme.content is not None:
+    return None
+  params = {name: param[...] for name, param in pe.params.items()}
+  return ScoreMod(functools.partial(pe.scheme.score_mod, **pe.options), params)
 
 
 class Attention(nnx.Module):
@@ -102,5 +112,6 @@ class Attention(nnx.Module):
     out = attention_core.dot_product_attention(
         q, k, v, q_pos_BQ=positions_BQ, k_pos_BK=kv_positions_BK, q_seg_BQ=segment_ids_BQ,
         k_seg_BK=kv_segment_ids_BK, causal=self.causal and not is_cross, scale=scale,
-        extra_fn=extra_fn, backend=self.backend, chunk_size=self.chunk_size)
+        extra_fn=extra_fn, backend=self.backend, chunk_size=self.chunk_size,
+        score_mod=_score_mod(pe))
     return self.out(out)

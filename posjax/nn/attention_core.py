@@ -12,6 +12,10 @@ the explicit positions, not array indices, so a KV cache, packing and randomized
 `extra_fn(q_BcHD, q_pos_BQc) -> [B, H, Qc, K] | None` evaluates the positional terms for a block of
 queries against all keys; the chunked backend calls it per block, so evaluating at 32× the training
 length never builds a full `[B, H, L, L]` array.
+
+The `fused` backend (`posjax.kernels`) takes the bias hook itself instead, as a `ScoreMod`, and
+evaluates it per tile inside a Pallas flash-attention kernel; it serves schemes whose only extra
+logits are a bias (ALiBi, T5, KERPLE, Sandwich, FIRE) and schemes with none (NoPE, RoPE).
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from posjax.kernels import ScoreMod, fused_attention
+
 ExtraFn = Callable[[jax.Array, jax.Array], Optional[jax.Array]]
-BACKENDS = ("auto", "xla", "chunked", "cudnn")
+BACKENDS = ("auto", "xla", "chunked", "cudnn", "fused")
 
 
 def attention_mask(q_pos_BQ, k_pos_BK, q_seg_BQ, k_seg_BK, *, causal: bool) -> jax.Array:
@@ -108,7 +114,16 @@ def cudnn_attention(q_BQHD, k_BKGD, v_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_BQ, k_s
 
 
 def resolve_backend(backend: str, *, q_len: int, k_len: int, dtype) -> str:
-  """`auto`: cuDNN on a GPU for half precision, query blocks for long inputs, else XLA."""
+  """`auto`: cuDNN on a GPU for half precision, query blocks for long inputs, else XLA.
+
+  `auto` never picks `fused` yet: its GPU speed is unmeasured (see experiments/bench). Once
+  `python -m experiments.bench` has run on a GPU, the intended rule is: bias schemes (a
+  `score_mod`, no content term) in bf16/fp16 take `fused` where the bench shows it no slower
+  than cuDNN with a materialized bias, and always where that bias (H·Q·K·2 bytes, plus its
+  gradient for learnable schemes) would not fit in memory; schemes without a bias keep cuDNN;
+  T5 keeps cuDNN until its table lookup (a gather) lowers to Triton. On CPU, `fused` runs in
+  Pallas' interpreter (correct but slow), so `auto` keeps XLA / chunked there.
+  """
   if backend not in BACKENDS:
     raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
   if backend != "auto":
@@ -121,8 +136,13 @@ def resolve_backend(backend: str, *, q_len: int, k_len: int, dtype) -> str:
 def dot_product_attention(q_BQHD, k_BKGD, v_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_BQ=None,
                           k_seg_BK=None, causal: bool, scale: Optional[float] = None,
                           extra_fn: Optional[ExtraFn] = None, backend: str = "xla",
-                          chunk_size: int = 512) -> jax.Array:
-  """Attention by the named backend; `scale` defaults to 1/sqrt(head_dim)."""
+                          chunk_size: int = 512,
+                          score_mod: Optional[ScoreMod] = None) -> jax.Array:
+  """Attention by the named backend; `scale` defaults to 1/sqrt(head_dim).
+
+  `score_mod` is the bias hook in the form the `fused` backend evaluates per tile; the other
+  backends ignore it and use `extra_fn`, which must then compute the same bias.
+  """
   batch, q_len, heads, dim = q_BQHD.shape
   k_len, groups = k_BKGD.shape[1], k_BKGD.shape[2]
   if heads % groups:
@@ -139,4 +159,10 @@ def dot_product_attention(q_BQHD, k_BKGD, v_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_B
     return xla_attention(q_BQHD, k_BKGD, v_BKGD, **kwargs)
   if backend == "chunked":
     return chunked_attention(q_BQHD, k_BKGD, v_BKGD, chunk_size=chunk_size, **kwargs)
+  if backend == "fused":
+    if extra_fn is not None and score_mod is None:
+      raise ValueError("the fused attention backend evaluates a bias hook (score_mod) only; this "
+                       "positional scheme adds content terms: use xla, chunked or cudnn")
+    del kwargs["extra_fn"]
+    return fused_attention(q_BQHD, k_BKGD, v_BKGD, score_mod=score_mod, **kwargs)
   return cudnn_attention(q_BQHD, k_BKGD, v_BKGD, **kwargs)
