@@ -51,11 +51,7 @@ def main(argv):
                        "point --workdir at a trained run")
     state, _ = experiment.restore_or_init()
   if config.mode in ("eval", "train_and_eval"):
-    table = loop.length_table(experiment.evaluate_lengths(state))
-    with open(os.path.join(workdir, "eval_by_length.md"), "w") as f:
-      f.write(table + "\n")
-    print(f"\nValidation by evaluation length ({config.model.pe}, trained at "
-          f"{config.data.seq_len} tokens):\n{table}\n", flush=True)
+    print("\n" + experiment.report(state) + "\n", flush=True)
   logging.info("done: %s", workdir)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import pathlib
-from typing import Sequence
+from typing import Mapping, Sequence
 
 SOURCE_NAMES = ("shakespeare", "text")
 TEXT_VALIDATION_FRACTION = 0.1
@@ -38,10 +38,12 @@ def config_value(data_config, key: str, default):
 
 
 def _unknown_name_error(name: str) -> ValueError:
+  hint = ("" if _has_tensorflow() else "; without TensorFlow some catalog datasets (glue, "
+          "conll2003, wikiann, ...) are not even registered: pip install -e '.[catalog]'")
   return ValueError(
       f"unknown dataset name {name!r}: use one of {', '.join(SOURCE_NAMES)} (the embedded corpus "
       "or a .txt file/folder in config.data.path), or a TensorFlow Datasets catalog name such as "
-      "lm1b or tiny_shakespeare (see tfds.list_builders())")
+      f"lm1b or tiny_shakespeare (see tfds.list_builders()){hint}")
 
 
 class _Records(Sequence[str]):
@@ -117,20 +119,18 @@ def _has_tensorflow() -> bool:
   return importlib.util.find_spec("tensorflow") is not None
 
 
-def catalog_documents(name: str, split: str, *, text_key: str = "text",
-                      data_dir: str | None = None) -> Sequence[str]:
-  """A TFDS catalog dataset's split as lazily read text documents (array_record only)."""
+def catalog_source(name: str, split: str, *, data_dir: str | None = None,
+                   required: Mapping[str, str] | None = None):
+  """`(records, features)` of a TFDS catalog dataset's split, read from array_record (prepared
+  here if TensorFlow and the network are available, otherwise a clear error). `required` maps
+  config keys to the features they name; a missing one is an error before any preparation."""
   import tensorflow_datasets as tfds
-
   from posjax.data import tfds_shakespeare  # noqa: F401  (registers posjax_shakespeare)
   try:
     builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
   except tfds.core.registered.DatasetNotFoundError:
     raise _unknown_name_error(name) from None
-  features = builder.info.features
-  if text_key not in features:
-    raise ValueError(f"TFDS dataset {name!r} has no feature {text_key!r} (config.data.text_key): "
-                     f"its features are {', '.join(features)}")
+  check_features(name, builder.info.features, **(required or {}))
   how = (f"prepare it where TensorFlow and the network are available with `tfds build {name} "
          f"--file_format=array_record --data_dir=DIR` and point config.data.data_dir at DIR")
   if not builder.is_prepared():
@@ -152,6 +152,21 @@ def catalog_documents(name: str, split: str, *, text_key: str = "text",
   except (KeyError, ValueError) as e:
     raise ValueError(f"TFDS dataset {name!r} has no split {split!r}: its splits are "
                      f"{', '.join(builder.info.splits)}") from e
+  return records, builder.info.features
+
+
+def check_features(name: str, features, **keys: str) -> None:
+  """A clear error when a config key names a feature the TFDS dataset does not have."""
+  for config_key, feature in keys.items():
+    if feature not in features:
+      raise ValueError(f"TFDS dataset {name!r} has no feature {feature!r} (config.data."
+                       f"{config_key}): its features are {', '.join(features)}")
+
+
+def catalog_documents(name: str, split: str, *, text_key: str = "text",
+                      data_dir: str | None = None) -> Sequence[str]:
+  """A TFDS catalog dataset's split as lazily read text documents (array_record only)."""
+  records, _ = catalog_source(name, split, data_dir=data_dir, required={"text_key": text_key})
   return _Records(records, text_key)
 
 

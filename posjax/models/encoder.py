@@ -19,13 +19,21 @@ class Encoder(nnx.Module):
     self.config = cfg
     self.stack = Stack(cfg, num_layers=cfg.num_layers, causal=False, rngs=rngs)
     self.embedding = input_embedding(cfg, self.stack, rngs=rngs)
+    self.prompt = nnx.data(None)  # a soft prompt prepended to the input (posjax.nn.peft, prompt tuning)
 
   def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None,
                token_types_BL=None) -> jax.Array:
     if positions_BL is None:
       positions_BL = default_positions(tokens_BL, segment_ids_BL)
-    x = self.embedding(tokens_BL, positions_BL, token_types_BL)
-    return self.stack(x, positions_BL=positions_BL, segment_ids_BL=segment_ids_BL)
+    if self.prompt is None:
+      x = self.embedding(tokens_BL, positions_BL, token_types_BL)
+      return self.stack(x, positions_BL=positions_BL, segment_ids_BL=segment_ids_BL)
+    # The text follows the prompt: its positions start after it; its states alone are returned.
+    x = self.embedding(tokens_BL, positions_BL + self.prompt.length, token_types_BL)
+    x, positions, segment_ids = self.prompt.prepend(x, positions_BL + self.prompt.length,
+                                                    segment_ids_BL)
+    x = self.stack(x, positions_BL=positions, segment_ids_BL=segment_ids)
+    return x[:, self.prompt.length:]
 
 
 class EncoderForMaskedLM(nnx.Module):
@@ -61,10 +69,12 @@ class EncoderForSequenceClassification(nnx.Module):
 class EncoderForTokenClassification(nnx.Module):
   """Encoder + per-token classification head (`[B, L, num_labels]` logits)."""
 
-  def __init__(self, cfg: TransformerConfig, *, num_labels: int, rngs: nnx.Rngs):
+  def __init__(self, cfg: TransformerConfig, *, num_labels: int,
+               representation_layer: bool = False, rngs: nnx.Rngs):
     self.config = cfg
     self.encoder = Encoder(cfg, rngs=rngs)
     self.head = TokenClassificationHead(cfg.dim, num_labels, dropout=cfg.dropout,
+                                        representation_layer=representation_layer,
                                         dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
                                         rngs=rngs)
 

@@ -44,8 +44,13 @@ class Block(nnx.Module):
                    use_bias=cfg.use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
                    rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+    # Bottleneck adapters after the attention and MLP sublayers (set by posjax.nn.peft).
+    self.attention_adapter = nnx.data(None)
+    self.mlp_adapter = nnx.data(None)
 
-  def _residual(self, x, norm, sublayer):
+  def _residual(self, x, norm, sublayer, adapter=None):
+    if adapter is not None:
+      sublayer = lambda h, inner=sublayer: adapter(inner(h))
     if self.pre_norm:
       return x + self.dropout(sublayer(norm(x)))
     return norm(x + self.dropout(sublayer(x)))
@@ -54,9 +59,10 @@ class Block(nnx.Module):
                encoded_positions_BK=None, encoded_segment_ids_BK=None,
                decode: bool = False) -> jax.Array:
     x = self._residual(x_BLD, self.attention_norm, lambda h: self.attention(
-        h, positions_BQ=positions_BL, segment_ids_BQ=segment_ids_BL, decode=decode))
+        h, positions_BQ=positions_BL, segment_ids_BQ=segment_ids_BL, decode=decode),
+        self.attention_adapter)
     if self.cross_attention is not None:
       x = self._residual(x, self.cross_norm, lambda h: self.cross_attention(
           h, positions_BQ=positions_BL, segment_ids_BQ=segment_ids_BL, kv_BKD=encoded_BKD,
           kv_positions_BK=encoded_positions_BK, kv_segment_ids_BK=encoded_segment_ids_BK))
-    return self._residual(x, self.mlp_norm, self.mlp)
+    return self._residual(x, self.mlp_norm, self.mlp, self.mlp_adapter)

@@ -88,13 +88,19 @@ class SequenceClassificationHead(nnx.Module):
 
 
 class TokenClassificationHead(nnx.Module):
-  """Per-token labels (e.g. BIO tags for NER): dropout, then a projection to the labels."""
+  """Per-token labels (e.g. BIO tags for NER): an optional representation layer (dense + tanh),
+  dropout, then a projection to the labels."""
 
-  def __init__(self, dim: int, num_labels: int, *, dropout: float = 0.1, dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, dim: int, num_labels: int, *, representation_layer: bool = False,
+               dropout: float = 0.1, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.representation = (_linear(dim, dim, ("embed", "embed_out"), **kw)
+                           if representation_layer else None)
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
-    self.classifier = _linear(dim, num_labels, ("embed", "classes"), dtype=dtype,
-                              param_dtype=param_dtype, rngs=rngs)
+    self.classifier = _linear(dim, num_labels, ("embed", "classes"), **kw)
 
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
+    if self.representation is not None:
+      x_BLD = jnp.tanh(self.representation(x_BLD))
     return self.classifier(self.dropout(x_BLD)).astype(jnp.float32)

@@ -114,7 +114,7 @@ def _decode_data_state(record: Mapping[str, Any]) -> Any:
 
 # --------------------------------------------------------------------------- tree comparison
 
-def _key_name(key) -> str:
+def key_name(key) -> str:
   for attr in ("key", "idx", "name"):
     if hasattr(key, attr):
       return str(getattr(key, attr))
@@ -132,7 +132,7 @@ def _stored_shape(leaf) -> tuple:
 def _flat_shapes(tree) -> dict[str, tuple]:
   """'a/b/0/kernel' -> shape, for arrays, ShapeDtypeStructs and Orbax ArrayMetadata alike."""
   leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]
-  return {"/".join(_key_name(k) for k in path): _stored_shape(leaf)
+  return {"/".join(key_name(k) for k in path): _stored_shape(leaf)
           for path, leaf in leaves if leaf is not None}
 
 
@@ -411,6 +411,73 @@ def restore_params(path: str | os.PathLike, abstract_params: Any, *,
     raise ValueError(f"could not read the parameters at {item_dir} ({_brief(e)}); "
                      "the checkpoint may be truncated or corrupt") from e
   return restored[key]
+
+
+def _subtree(stored, wanted: dict[str, Any], prefix: str = ""):
+  """The part of the stored metadata tree whose leaves are in `wanted` (by path), as nested dicts
+  with the stored keys, each leaf replaced by `wanted[path]`; None if nothing is wanted."""
+  if isinstance(stored, Mapping):
+    out = {}
+    for k, v in stored.items():
+      sub = _subtree(v, wanted, f"{prefix}/{k}" if prefix else str(k))
+      if sub is not None:
+        out[k] = sub
+    return out or None
+  return wanted.get(prefix)
+
+
+def restore_pretrained(path: str | os.PathLike, abstract_params: Any, *,
+                       source_path: Callable[[tuple[str, ...]], tuple[str, ...]] = tuple,
+                       key: str = PARAMS_KEY) -> tuple[dict[str, Any], list[str], list[str]]:
+  """The parameters of a model that a checkpoint of a *different* model holds (fine-tuning).
+
+  Each parameter of `abstract_params` (a pure-dict tree of ShapeDtypeStructs with shardings) is
+  looked up in the checkpoint at `source_path(its path)`: a masked-LM run's encoder fills a
+  classifier's encoder; the head, and any module the checkpoint lacks, stay as initialised.
+
+  Returns `(loaded, fresh, unused)`: `{model path: array}` of what was read, the model paths left
+  as initialised, and the checkpoint paths nothing asked for (e.g. the MLM head). Raises
+  ValueError, before reading any array, when a shape differs or nothing matches at all.
+  """
+  step_dir, step = resolve_checkpoint(path)
+  item_dir = step_dir / STATE
+  logging.info("init_from: loading pretrained parameters from %s (step %d)", step_dir, step)
+  stored = _read_metadata(item_dir, what="checkpoint")
+  if not isinstance(stored, Mapping) or key not in stored:
+    raise ValueError(f"the checkpoint at {item_dir} has no {key!r} entry; init_from needs a "
+                     "train-state checkpoint written by posjax")
+  have = _flat_shapes(stored[key])
+  leaves = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  wanted, sources, fresh, problems = {}, {}, [], []
+  for keys, leaf in leaves:
+    names = tuple(key_name(k) for k in keys)
+    model_path, source = "/".join(names), "/".join(source_path(names))
+    if source not in have:
+      fresh.append(model_path)
+    elif have[source] != tuple(leaf.shape):
+      problems.append(f"{source}: model {tuple(leaf.shape)}, checkpoint {have[source]}")
+    else:
+      wanted[source], sources[source] = leaf, model_path
+  if problems:
+    raise ValueError(f"init_from={path}: shapes differ between the model and {item_dir}:\n  - "
+                     + "\n  - ".join(problems) + "\nPretrain with the same model config "
+                     "(dim, layers, heads, positional scheme and its options)")
+  if not wanted:
+    raise ValueError(f"init_from={path}: no parameter of the model is in {item_dir} (it holds "
+                     f"{', '.join(sorted(have)[:5])}, ...); is it a checkpoint of this model "
+                     "family's backbone?")
+  item = {key: _subtree(stored[key], wanted)}
+  try:
+    restored = ocp.PyTreeCheckpointer().restore(
+        item_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=_restore_args(item),
+                                              partial_restore=True))
+  except Exception as e:
+    raise ValueError(f"could not read the parameters at {item_dir} ({_brief(e)}); "
+                     "the checkpoint may be truncated or corrupt") from e
+  flat = jax.tree_util.tree_flatten_with_path(restored[key])[0]
+  loaded = {sources["/".join(key_name(k) for k in keys)]: value for keys, value in flat}
+  unused = sorted(set(have) - set(wanted))
+  return loaded, fresh, unused
 
 
 # --------------------------------------------------------------------------- preemption

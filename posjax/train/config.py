@@ -9,7 +9,7 @@ from posjax import encodings, models
 from posjax.models import TransformerConfig
 
 MODES = ("train", "eval", "train_and_eval", "generate")
-TASKS = {"lm": ("decoder",), "mlm": ("mlm",)}
+TASKS = {"lm": ("decoder",), "mlm": ("mlm",), "classify": ("classifier",), "tag": ("tagger",)}
 _ZERO_MEANS_DEFAULT = ("num_kv_heads", "mlp_dim", "head_dim")
 
 

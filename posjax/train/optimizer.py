@@ -35,10 +35,16 @@ def weight_decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(train_cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(train_cfg, trainable: Any = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW as above; with `trainable` (a tree of bools like the parameters), the parameters
+  marked False are frozen: their updates are zero and they hold no optimizer state."""
   schedule = learning_rate_schedule(train_cfg)
   tx = optax.chain(
       optax.clip_by_global_norm(train_cfg.grad_clip_norm),
       optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2,
                   weight_decay=train_cfg.weight_decay, mask=weight_decay_mask))
+  if trainable is not None and not all(jax.tree.leaves(trainable)):
+    labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable)
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
   return tx, schedule

@@ -50,10 +50,12 @@ def forward(graphdef, params, rest, batch):
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
-                    grad_accum_steps: int = 1) -> Callable:
+                    grad_accum_steps: int = 1, trainable: Any = None) -> Callable:
   """`train_step(state, batch) -> (state, metrics)`; the batch is split into `grad_accum_steps`
   micro-batches whose gradients are summed before one optimizer update, which gives exactly the
-  update of the whole batch at once (losses are normalized by the total weight)."""
+  update of the whole batch at once (losses are normalized by the total weight). `trainable`
+  (bools like the parameters) drops the gradients of frozen parameters, so XLA need not compute
+  them and the reported gradient norm is that of the trained ones."""
 
   def micro_loss(params, rest, batch):
     logits, rest = forward(graphdef, params, rest, batch)
@@ -81,6 +83,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
           accumulate, (jnp.zeros(()), jnp.zeros(()), zeros, state.rest), micro)
     scale = 1.0 / jnp.maximum(weight_sum, 1.0)
     grads = jax.tree.map(lambda g: g * scale, grads)
+    if trainable is not None:
+      grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss_sum * scale, "grad_norm": optax.tree.norm(grads),
@@ -90,12 +94,16 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
   return train_step
 
 
-def make_eval_step(graphdef) -> Callable:
-  """`eval_step(params, rest, batch) -> {loss_sum, weight_sum, correct_sum}` (no dropout)."""
+def make_eval_step(graphdef, *, predictions: bool = False) -> Callable:
+  """`eval_step(params, rest, batch) -> {loss_sum, weight_sum, correct_sum}` (no dropout), and
+  with `predictions` also the argmax of the logits (`[B]` or `[B, L]`)."""
 
   def eval_step(params, rest, batch):
     logits, _ = forward(graphdef, params, rest, batch)
     loss_sum, weight_sum, correct_sum = token_losses(logits, batch["targets"], batch["weights"])
-    return {"loss_sum": loss_sum, "weight_sum": weight_sum, "correct_sum": correct_sum}
+    out = {"loss_sum": loss_sum, "weight_sum": weight_sum, "correct_sum": correct_sum}
+    if predictions:
+      out["predictions"] = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return out
 
   return eval_step

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +12,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from posjax import models
+from posjax.nn import peft
 from posjax.train import sharding
 from posjax.train.optimizer import make_optimizer
 from posjax.train.steps import TrainState, make_eval_step, make_train_step, split_model
@@ -26,23 +27,33 @@ class Trainable:
   abstract_state: TrainState      # ShapeDtypeStructs with those shardings (for restoring)
   train_step: Callable            # jit(state, batch) -> (state, metrics); donates the state
   eval_step: Callable             # jit(params, rest, batch) -> sums
+  predict_step: Callable          # jit(params, rest, batch) -> sums and argmax predictions
   create: Callable[[], TrainState]  # fresh state, created sharded
   num_params: int
+  trainable: Any                  # bools like the parameters: which ones train
+  num_trainable: int
 
 
 def make_trainable(family: str, cfg: models.TransformerConfig, train_cfg, mesh: Mesh, *,
-                   seed: int = 0, **head_options) -> Trainable:
-  build = lambda: models.build(family, cfg, seed=seed, **head_options)
+                   seed: int = 0, peft_config: Optional[peft.PeftConfig] = None,
+                   **head_options) -> Trainable:
+  """Everything to train `family` on `mesh`; `peft_config` adds its modules and freezes the
+  parameters it does not train (see `posjax.nn.peft`)."""
+  peft_config = peft_config or peft.PeftConfig()
+  build = lambda: peft.apply(models.build(family, cfg, seed=seed, **head_options), peft_config,
+                             seed=seed)
   train_graphdef, eval_graphdef, abstract_params, abstract_rest = split_model(
       nnx.eval_shape(build))
-  tx, schedule = make_optimizer(train_cfg)
-  replicated = sharding.replicated(mesh)
   params = nnx.to_pure_dict(abstract_params)
+  trainable = peft.trainable_mask(params, peft_config)
+  tx, schedule = make_optimizer(train_cfg, trainable)
+  replicated = sharding.replicated(mesh)
   rest = nnx.to_pure_dict(abstract_rest)
   param_sh = sharding.param_shardings(abstract_params, mesh)
   opt_state = jax.eval_shape(tx.init, params)
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, opt_state, param_sh,
-                                 transform_non_params=lambda _: replicated)
+  frozen = lambda x: isinstance(x, optax.MaskedNode)  # no state for a frozen parameter
+  opt_sh = optax.tree_map_params(tx, lambda x, s: x if frozen(x) else s, opt_state, param_sh,
+                                 transform_non_params=lambda _: replicated, is_leaf=frozen)
   rest_sh = jax.tree.map(lambda _: replicated, rest)
   state_sharding = TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rest=rest_sh)
   abstract_state = jax.tree.map(
@@ -50,10 +61,13 @@ def make_trainable(family: str, cfg: models.TransformerConfig, train_cfg, mesh: 
       TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, opt_state, rest), state_sharding)
   batch_sh = sharding.batch_sharding(mesh)
   train_step = jax.jit(
-      make_train_step(train_graphdef, tx, schedule, grad_accum_steps=train_cfg.grad_accum_steps),
+      make_train_step(train_graphdef, tx, schedule, grad_accum_steps=train_cfg.grad_accum_steps,
+                      trainable=trainable),
       in_shardings=(state_sharding, batch_sh), out_shardings=(state_sharding, None),
       donate_argnums=0)
   eval_step = jax.jit(make_eval_step(eval_graphdef), in_shardings=(param_sh, rest_sh, batch_sh))
+  predict_step = jax.jit(make_eval_step(eval_graphdef, predictions=True),
+                         in_shardings=(param_sh, rest_sh, batch_sh))
 
   def create() -> TrainState:
     def fresh():
@@ -63,6 +77,6 @@ def make_trainable(family: str, cfg: models.TransformerConfig, train_cfg, mesh: 
     with jax.set_mesh(mesh):
       return jax.jit(fresh, out_shardings=state_sharding)()
 
-  num_params = sum(x.size for x in jax.tree.leaves(params))
+  num_trainable, num_params = peft.count(params, trainable)
   return Trainable(mesh, tx, schedule, state_sharding, abstract_state, train_step, eval_step,
-                   create, num_params)
+                   predict_step, create, num_params, trainable, num_trainable)

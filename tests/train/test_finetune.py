@@ -1,0 +1,137 @@
+"""Fine-tuning end to end on tiny configs: pretrained weights in, frozen weights still, reports."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from posjax.configs import load_config
+from posjax.train import loop
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def config(name, arg="tiny", **overrides):
+  return load_config(f"{ROOT}/configs/{name}.py:{arg}", **overrides)
+
+
+@pytest.fixture(scope="module")
+def mlm_run(tmp_path_factory):
+  """A tiny MLM pretraining run (ALiBi) to fine-tune from."""
+  workdir = tmp_path_factory.mktemp("mlm")
+  experiment = loop.Experiment(config("mlm", "tiny,alibi"), str(workdir))
+  return workdir, jax.device_get(experiment.train().params)
+
+
+def flat(tree):
+  return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@pytest.mark.parametrize("name, method", [("finetune_cls", "full"), ("finetune_ner", "lora")])
+def test_mlm_checkpoint_loads_into_the_fine_tuning_model(tmp_path, mlm_run, name, method):
+  workdir, mlm_params = mlm_run
+  experiment = loop.Experiment(config(name, f"tiny,alibi,{method}",
+                                      **{"train.init_from": str(workdir)}), str(tmp_path))
+  params = flat(jax.device_get(experiment.init_state().params))
+  pretrained = flat(mlm_params)
+  encoder = [k for k in params if k.startswith("encoder/")]
+  assert encoder
+  for key in encoder:
+    source = key.replace("/base/", "/")
+    if source in pretrained:
+      np.testing.assert_array_equal(params[key], pretrained[source])
+    else:
+      assert key.endswith(("lora_a", "lora_b")), key
+  assert any(k.startswith("head/") for k in params)
+
+
+def test_a_checkpoint_of_another_width_is_a_clear_error(tmp_path, mlm_run):
+  workdir, _ = mlm_run
+  experiment = loop.Experiment(config("finetune_cls", "tiny,alibi",
+                                      **{"train.init_from": str(workdir), "model.dim": 48}),
+                               str(tmp_path))
+  with pytest.raises(ValueError, match="shapes differ"):
+    experiment.init_state()
+
+
+@pytest.mark.parametrize("method", ["bitfit", "adapters"])
+def test_frozen_parameters_do_not_move(tmp_path, method):
+  experiment = loop.Experiment(config("finetune_cls", f"tiny,rope,{method}"), str(tmp_path))
+  before = flat(jax.device_get(experiment.init_state().params))
+  after = flat(jax.device_get(experiment.train().params))
+  trainable = flat(experiment.trainable.trainable)
+  assert 0 < sum(bool(v) for v in trainable.values()) < len(trainable)
+  for key, is_trained in trainable.items():
+    if is_trained:
+      continue
+    np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+  assert any(not np.array_equal(after[k], before[k]) for k, t in trainable.items() if t)
+
+
+def test_early_stopping_counts_evaluations_without_improvement():
+  stopper = loop.EarlyStopping(2, "eval/f1", "max")
+  assert [stopper.update({"eval/f1": v}) for v in (0.5, 0.6, 0.6, 0.55)] == [
+      False, False, False, True]
+  assert stopper.best == 0.6
+  assert not loop.EarlyStopping(0, "eval/f1", "max").update({"eval/f1": 0.1})
+
+
+def test_report_scores_validation_and_longer_test_passages(tmp_path):
+  experiment = loop.Experiment(config("finetune_ner"), str(tmp_path))
+  text = experiment.report(experiment.train())
+  summary = json.loads((tmp_path / "finetune_results.json").read_text())
+  assert [(r["split"], r["seq_len"]) for r in summary["results"]] == [
+      ("validation", 32), ("test", 32), ("test", 64)]
+  assert summary["labels"] == ["O", "B-PER", "I-PER"]
+  assert summary["trainable_params"] == summary["total_params"]
+  assert "entity F1" in text and "B-PER" in text
+
+
+@pytest.fixture
+def bert_dir(tmp_path):
+  """The tiny random BERT fixture plus a 64-token WordPiece vocabulary (its vocab_size)."""
+  import shutil
+  import string
+  path = tmp_path / "bert"
+  shutil.copytree(ROOT / "tests" / "fixtures" / "hf" / "bert", path)
+  letters = list(string.ascii_lowercase)
+  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + letters + ["##" + c for c in letters]
+  vocab += list(".,;:!?'")
+  assert len(vocab) == 64
+  (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+  return path
+
+
+@pytest.mark.parametrize("name", ["finetune_cls", "finetune_ner"])
+def test_fine_tunes_a_hugging_face_bert(tmp_path, bert_dir, name):
+  from posjax.interop import loader
+  experiment = loop.Experiment(config(name, "tiny,lora", **{"train.init_from_hf": str(bert_dir),
+                                                         "data.seq_len": 16}),  # its table: 32
+                               str(tmp_path / "run"))
+  assert experiment.cfg.pe == "learned" and experiment.tokenizer.vocab_size == 64
+  params = flat(jax.device_get(experiment.init_state().params))
+  family = "classifier" if name == "finetune_cls" else "tagger"
+  _, _, _, expected = loader.convert_checkpoint(str(bert_dir), family)
+  for key, value in expected.items():
+    path = "/".join(map(str, key))
+    path = path if path in params else path.replace("/query/", "/query/base/").replace(
+        "/value/", "/value/base/")
+    np.testing.assert_array_equal(params[path], value, err_msg=path)
+  text = experiment.report(experiment.train())
+  assert "learned, peft lora" in text
+
+
+def test_sweep_pretrains_fine_tunes_and_tabulates(tmp_path):
+  from experiments.finetune import __main__ as experiment  # defines no flags on import
+  path = experiment.sweep(str(tmp_path), ["alibi"], ["bitfit"], ["cls", "ner"], tiny=True,
+                          finetune_overrides=["train.steps=3"])
+  text = open(path).read()
+  assert "## cls: macro-F1" in text and "## ner: entity F1" in text
+  assert "| alibi | bitfit |" in text
+  for name in ("cls_scores.png", "ner_by_length.png", "results.csv"):
+    assert (tmp_path / name).exists()
+  summary = json.loads((tmp_path / "ner_alibi_bitfit" / "finetune_results.json").read_text())
+  assert summary["steps_run"] == 3 and 0 < summary["trainable_params"] < summary["total_params"]
