@@ -1,21 +1,36 @@
-"""RoPE context extension: scalings without training, and an optional fine-tune at the target.
+"""RoPE context extension: scalings without training, and optional fine-tunes at the target.
 
   python -m experiments.context_extension --workdir=runs/rope [--config=configs/lm.py:rope] \
       [--targets=4,8] [--scalings=linear,ntk,dynamic,yarn,llama3] [--finetune_steps=200 \
-      --finetune_scaling=linear] [--config.train.steps=...]
+      --finetune_scaling=none,linear [--finetune_targets=4] [--finetune_lr=1e-3] \
+      [--finetune_batch_size=4]] \
+      [--heatmap_multipliers=1,2,4 --heatmap_methods=none,yarn,finetune+linear] \
+      [--config.train.steps=...]
 
 Trains the base RoPE run in `--workdir` unless its checkpoint has reached `train.steps`, then
 `posjax.evaluate.context_extension` measures each scaling (factor = target / train length) at the
 training and target lengths: perplexity and passkey accuracy. With `--finetune_steps`, each
-target also gets a short fine-tune at that length (`train.init_from` = the base run) in
-`<workdir>/context_extension/finetune_<target>`. Writes `results.csv`, `results.md` and
-`ppl_by_method.png` in `<workdir>/context_extension/`.
+target (or each of `--finetune_targets`) also gets a short fine-tune at that length
+(`train.init_from` = the base run) per entry of `--finetune_scaling` (`none`: plain RoPE;
+`linear`: Chen et al. 2023's PI fine-tune; any scaling) in
+`<workdir>/context_extension/finetune_<target>[_<scaling>]`; `--finetune_batch_size` and
+`--finetune_lr` override the base config's batch and peak learning rate for them (a batch of
+`base batch × L / target` keeps the tokens per step of pretraining). Writes `results.csv`,
+`results.md` and `ppl_by_method.png` in `<workdir>/context_extension/`.
+
+With `--heatmap_multipliers`, each method of `--heatmap_methods` (names as in the table: `none`,
+a scaling at the factor of the first fine-tuned target (or of `--targets`' first entry), or a
+fine-tune label such as `finetune+linear` at that target) also gets a passkey grid at
+`train length × multiplier` over `--heatmap_depths`, `--heatmap_trials` keys per cell:
+`passkey.csv`, `passkey.md` and one `passkey_<method>.png` heatmap (depth × length) each.
 """
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/lm.py:rope", "Base RoPE config.")
@@ -23,26 +38,121 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "The base run's directory.")
 _TARGETS = flags.DEFINE_list("targets", "4", "Target lengths, × data.seq_len.")
 _SCALINGS = flags.DEFINE_list("scalings", "linear,ntk,dynamic,yarn,llama3", "RoPE scalings.")
 _FT_STEPS = flags.DEFINE_integer("finetune_steps", 0, "Fine-tune steps per target (0: none).")
-_FT_SCALING = flags.DEFINE_string("finetune_scaling", "", "Scaling during the fine-tune.")
+_FT_SCALING = flags.DEFINE_list("finetune_scaling", "",
+                                "Scalings during the fine-tunes, one fine-tune each (none: "
+                                "plain RoPE; empty: one plain fine-tune).")
+_FT_TARGETS = flags.DEFINE_list("finetune_targets", "",
+                                "Targets (× data.seq_len) that get the fine-tunes (empty: all).")
+_FT_LR = flags.DEFINE_float("finetune_lr", 0.0, "Fine-tune peak learning rate (0: the config's).")
+_FT_BATCH = flags.DEFINE_integer("finetune_batch_size", 0,
+                                 "Fine-tune sequences per step (0: the config's).")
 _PASSKEY = flags.DEFINE_integer("passkey_trials", 3, "Keys per (length, depth); 0: no passkey.")
 _TOKENS = flags.DEFINE_integer("num_tokens", 16384, "Validation targets scored per length.")
+_HM_MULT = flags.DEFINE_list("heatmap_multipliers", "",
+                             "Passkey heatmap lengths, × data.seq_len (empty: no heatmaps).")
+_HM_METHODS = flags.DEFINE_list("heatmap_methods", "none", "Methods with a passkey heatmap.")
+_HM_DEPTHS = flags.DEFINE_list("heatmap_depths", "0,0.25,0.5,0.75,1", "Key depths.")
+_HM_TRIALS = flags.DEFINE_integer("heatmap_trials", 5, "Keys per heatmap cell.")
 flags.mark_flags_as_required(["workdir"])
+
+
+def finetune_scalings(values) -> list:
+  """`--finetune_scaling` entries as scalings (None: plain RoPE); empty means one plain one."""
+  return [None if v in ("", "none") else v for v in values] or [None]
+
+
+def finetune_label(scaling) -> str:
+  return "finetune" + (f"+{scaling}" if scaling else "")
+
+
+def passkey_heatmaps(config, workdir, out_dir, run, target, methods, ft_scalings, ft_kwargs):
+  """The passkey grid of each method in `methods` at the heatmap lengths; writes the report."""
+  from posjax.evaluate import context_extension as ce
+  from posjax.evaluate import extrapolation, passkey, report
+  lengths = [int(round(run.train_len * float(m))) for m in _HM_MULT.value]
+  depths = [float(d) for d in _HM_DEPTHS.value]
+  by_label = {finetune_label(s): s for s in ft_scalings} if _FT_STEPS.value else {}
+  rows = []
+  for method in methods:
+    if method in by_label:
+      scaling = by_label[method]
+      ft_config = ce.finetune_config(config, workdir, target, steps=_FT_STEPS.value,
+                                     scaling=scaling, **ft_kwargs)
+      model = extrapolation.load_run(ft_config, ce.finetune_dir(out_dir, target, scaling))
+      scorer = extrapolation.make_scorer(model)
+    elif method == "none" or method in ce.SCALINGS:
+      options = ce.scaled_pe_options(run.cfg.pe, run.cfg.pe_options,
+                                     None if method == "none" else method,
+                                     target / run.train_len, run.train_len)
+      scorer = extrapolation.make_scorer(run, pe_options=options)
+    else:
+      raise app.UsageError(f"--heatmap_methods: {method!r} is not none, a scaling or one of the "
+                           f"fine-tunes {sorted(by_label)}")
+    rows += [{"method": r.pop("scheme"), **r} for r in passkey.passkey_grid(
+        scorer, run.experiment.tokenizer, lengths, depths, trials=_HM_TRIALS.value, name=method)]
+  for method in methods:
+    mine = [r for r in rows if r["method"] == method]
+    grid_depths, grid_lengths, values = passkey.accuracy_matrix(mine)
+    report.heatmap(os.path.join(out_dir, f"passkey_{method}.png"), values, rows=grid_depths,
+                   columns=grid_lengths, xlabel="context length (tokens)", ylabel="key depth",
+                   title=f"Passkey retrieval: {method} (trained at {run.train_len})")
+  report.write_csv(os.path.join(out_dir, "passkey.csv"), rows)
+  report.write_markdown(os.path.join(out_dir, "passkey.md"), rows,
+                        title="Passkey retrieval by length and depth",
+                        notes=[f"scalings at factor {target / run.train_len:g}; fine-tunes at "
+                               f"{target} tokens; accuracy: fraction of {_HM_TRIALS.value} keys "
+                               "whose digits are all the argmax of a teacher-forced pass"])
+  return rows
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from posjax.evaluate import context_extension
+  from posjax.evaluate import context_extension as ce
+  from posjax.evaluate import extrapolation
   from posjax.train import loop
   config = ml_collections.ConfigDict(_CONFIG.value.to_dict())  # unlocked copy
-  experiment = loop.Experiment(config, _WORKDIR.value)
+  workdir = _WORKDIR.value
+  out_dir = os.path.join(workdir, "context_extension")
+  experiment = loop.Experiment(config, workdir)
   latest = experiment.checkpointer.latest_step()
   state = experiment.train() if latest is None or latest < config.train.steps else None
-  rows, paths = context_extension.run_context_extension(
-      config, _WORKDIR.value, [float(t) for t in _TARGETS.value], scalings=_SCALINGS.value,
-      finetune_steps=_FT_STEPS.value, finetune_scaling=_FT_SCALING.value or None, state=state,
-      passkey_trials=_PASSKEY.value, num_tokens=_TOKENS.value)
+  run = extrapolation.load_run(config, workdir, state=state, experiment=experiment)
+  targets = [int(round(run.train_len * float(t))) for t in _TARGETS.value]
+  eval_kwargs = dict(passkey_trials=_PASSKEY.value, num_tokens=_TOKENS.value)
+  rows = ce.evaluate_scalings(run, targets, _SCALINGS.value, **eval_kwargs)
+  ft_scalings = finetune_scalings(_FT_SCALING.value)
+  ft_kwargs = {}
+  if _FT_LR.value:
+    ft_kwargs["learning_rate"] = _FT_LR.value
+  if _FT_BATCH.value:
+    ft_kwargs["global_batch_size"] = _FT_BATCH.value
+  ft_targets = ([int(round(run.train_len * float(t))) for t in _FT_TARGETS.value]
+                if _FT_TARGETS.value else targets)
+  for target in ft_targets if _FT_STEPS.value else ():
+    for scaling in ft_scalings:
+      ft_dir = ce.finetune_dir(out_dir, target, scaling)
+      ft_config, ft_state = ce.finetune(config, workdir, ft_dir, target, steps=_FT_STEPS.value,
+                                        scaling=scaling, **ft_kwargs)
+      ft_run = extrapolation.load_run(ft_config, ft_dir, state=ft_state)
+      rows += ce.evaluate_scalings(ft_run, [target], (), method_label=finetune_label(scaling),
+                                   base_len=run.train_len, **eval_kwargs)
+      logging.info("fine-tune %s at %d done", finetune_label(scaling), target)
+  notes = [f"base run: {workdir} ({run.cfg.pe}, trained at {run.train_len} tokens, step "
+           f"{run.step}); scalings use factor = target / {run.train_len}, original_max_len = "
+           f"{run.train_len}; perplexity over non-overlapping windows of the validation text",
+           "passkey: mean accuracy over depths 0, 0.5, 1 (teacher-forced argmax of the key "
+           "digits); empty below the shortest prompt or when not measured"]
+  if _FT_STEPS.value:
+    notes.append(f"fine-tunes: {_FT_STEPS.value} steps at the target length from the base "
+                 f"parameters; overrides {ft_kwargs or 'none'}")
+  paths = ce.write_report(rows, out_dir, notes=notes)
   print(open(paths["md"]).read(), flush=True)
+  if _HM_MULT.value:
+    hm_target = ft_targets[0] if _FT_STEPS.value else targets[0]
+    passkey_heatmaps(config, workdir, out_dir, run, hm_target, _HM_METHODS.value, ft_scalings,
+                     ft_kwargs)
+    print(open(os.path.join(out_dir, "passkey.md")).read(), flush=True)
 
 
 if __name__ == "__main__":

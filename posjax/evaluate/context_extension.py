@@ -133,26 +133,49 @@ def finetune(base_config, base_workdir: str, workdir: str, target_len: int, **kw
   return config, state
 
 
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def method_series(rows: Sequence[dict]) -> list[report.Series]:
+  """Perplexity against length, one line per (method, target): one color per method and one
+  line style per target, so that a legend of more than ten lines stays unambiguous (the default
+  color cycle repeats after ten)."""
+  methods = list(dict.fromkeys(r["method"] for r in rows))
+  targets = sorted({r["target_len"] for r in rows})
+  series = []
+  for method in methods:
+    for target in sorted({r["target_len"] for r in rows if r["method"] == method}):
+      mine = sorted((r for r in rows if r["method"] == method and r["target_len"] == target),
+                    key=lambda r: r["length"])
+      label = method if len(targets) == 1 else f"{method} ({target})"
+      style = {"color": f"C{methods.index(method) % 10}",
+               "linestyle": LINESTYLES[targets.index(target) % len(LINESTYLES)]}
+      if len(methods) > 10:  # colors repeat: the marker tells the two apart
+        style["marker"] = "os^v"[methods.index(method) // 10 % 4]
+      series.append(report.Series(label, [r["length"] for r in mine],
+                                  [r["perplexity"] for r in mine], style))
+  return series
+
+
 def write_report(rows: Sequence[dict], out_dir: str, *, title: str = "",
                  notes: Sequence[str] = ()) -> dict[str, str]:
   """`results.csv`, `results.md` and `ppl_by_method.png` (perplexity vs length per method)."""
   os.makedirs(out_dir, exist_ok=True)
-  series = []
-  for method in dict.fromkeys(r["method"] for r in rows):
-    for target in sorted({r["target_len"] for r in rows if r["method"] == method}):
-      mine = sorted((r for r in rows if r["method"] == method and r["target_len"] == target),
-                    key=lambda r: r["length"])
-      label = method if len({r["target_len"] for r in rows}) == 1 else f"{method} ({target})"
-      series.append(report.Series(label, [r["length"] for r in mine],
-                                  [r["perplexity"] for r in mine]))
   return {
       "csv": report.write_csv(os.path.join(out_dir, "results.csv"), rows),
       "md": report.write_markdown(os.path.join(out_dir, "results.md"), rows,
                                   title=title or "RoPE context extension", notes=notes),
-      "png": report.line_plot(os.path.join(out_dir, "ppl_by_method.png"), series,
+      "png": report.line_plot(os.path.join(out_dir, "ppl_by_method.png"), method_series(rows),
                               xlabel="evaluation length (tokens)", ylabel="perplexity",
                               title=title or "RoPE context extension", log2_x=True, log_y=True),
   }
+
+
+def finetune_dir(out_dir: str, target_len: int, scaling: Optional[str] = None) -> str:
+  """Where the fine-tune of `target_len` with `scaling` lives: `<out_dir>/finetune_<target>`, or
+  `finetune_<target>_<scaling>` with a scaling, so fine-tunes that differ only in their scaling
+  never share (and silently reuse) one checkpoint."""
+  return os.path.join(out_dir, f"finetune_{int(target_len)}" + (f"_{scaling}" if scaling else ""))
 
 
 def run_context_extension(config, workdir: str, target_multipliers: Sequence[float] = (4,), *,
@@ -162,14 +185,14 @@ def run_context_extension(config, workdir: str, target_multipliers: Sequence[flo
   """The whole study on the run in `workdir`; writes `<workdir>/context_extension/`.
 
   With `finetune_steps`, each target length also gets a fine-tuned run in
-  `<out_dir>/finetune_<target>` (method `finetune` or `finetune+<scaling>`).
+  `finetune_dir(out_dir, target, finetune_scaling)` (method `finetune` or `finetune+<scaling>`).
   """
   out_dir = out_dir or os.path.join(workdir, "context_extension")
   run = extrapolation.load_run(config, workdir, state=state)
   targets = [int(round(run.train_len * m)) for m in target_multipliers]
   rows = evaluate_scalings(run, targets, scalings, **kwargs)
   for target in targets if finetune_steps else ():
-    ft_dir = os.path.join(out_dir, f"finetune_{target}")
+    ft_dir = finetune_dir(out_dir, target, finetune_scaling)
     ft_config, ft_state = finetune(config, workdir, ft_dir, target, steps=finetune_steps,
                                    scaling=finetune_scaling)
     ft_run = extrapolation.load_run(ft_config, ft_dir, state=ft_state)

@@ -95,3 +95,26 @@ def test_finetune_starts_from_the_base_parameters(tmp_path, rope_run):
   assert int(again.step) == 1  # done already: restored, not retrained
   ft_run = ex.load_run(again_config, str(tmp_path / "ft"), state=again)
   assert ft_run.train_len == 64 and ft_run.cfg.pe_options["scaling"]["type"] == "linear"
+
+
+def test_finetunes_with_different_scalings_get_different_directories():
+  # They used to share `finetune_<target>`, so a second fine-tune (another scaling) found the
+  # first one's finished checkpoint and reported it under its own label.
+  dirs = {ce.finetune_dir("/out", 512, s) for s in (None, *ce.SCALINGS)}
+  assert len(dirs) == 1 + len(ce.SCALINGS)
+  assert ce.finetune_dir("/out", 512) == "/out/finetune_512"  # plain RoPE: the old name
+  assert ce.finetune_dir("/out", 512, "linear") == "/out/finetune_512_linear"
+
+
+def test_each_line_of_the_plot_has_its_own_style():
+  # With 8 methods × 2 targets the default color cycle repeated: `none (512)` and `llama3 (512)`
+  # were drawn alike. Now one color per method and one line style per target.
+  methods = ["none", *ce.SCALINGS, "finetune", "finetune+linear"]
+  rows = [{"method": m, "target_len": t, "length": n, "perplexity": 5.0}
+          for m in methods for t in (512, 1024) for n in (128, t)]
+  series = ce.method_series(rows)
+  assert len(series) == 2 * len(methods)
+  styles = {(s.style["color"], s.style["linestyle"], s.style.get("marker")) for s in series}
+  assert len(styles) == len(series)
+  assert {s.style["color"] for s in series if s.label.startswith("none")} == {"C0"}
+  assert [s.x for s in series[:2]] == [[128, 512], [128, 1024]]
