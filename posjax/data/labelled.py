@@ -90,22 +90,18 @@ def _catalog_passages(data_config, split: str, kind: str) -> Passages:
       if label < 0:
         raise ValueError(f"TFDS dataset {name!r} split {split!r} has unlabelled examples "
                          f"(label {label}); use a split with labels")
-      texts.append(_text(record[text_key]))
+      texts.append(sources.as_text(record[text_key]))
       labels.append(label)
     return Passages(texts, labels, names, kind, [name] * len(texts))
   names = tuple(features[tags_key].feature.names)
   index = {n: i for i, n in enumerate(names)}
   texts, labels = [], []
   for record in records:
-    words = [_text(w) for w in record[tokens_key]]
+    words = [sources.as_text(w) for w in record[tokens_key]]
     text, char_tags = word_tags_to_char_tags(words, [names[int(t)] for t in record[tags_key]])
     texts.append(text)
     labels.append(np.asarray([index[t] for t in char_tags], np.int32))
   return Passages(texts, labels, names, kind, [name] * len(texts))
-
-
-def _text(value) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def load_passages(data_config, split: str, *, kind: str, seq_len: Optional[int] = None) -> Passages:

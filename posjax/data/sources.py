@@ -46,6 +46,11 @@ def _unknown_name_error(name: str) -> ValueError:
       f"lm1b or tiny_shakespeare (see tfds.list_builders()){hint}")
 
 
+def as_text(value) -> str:
+  """A TFDS text feature (bytes) or any value as str."""
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 class _Records(Sequence[str]):
   """Text documents read lazily from a random-access record source."""
 
@@ -64,8 +69,7 @@ class _Records(Sequence[str]):
     if not -len(self) <= index < len(self):
       raise IndexError(f"document {index} out of range ({len(self)} documents)")
     index %= len(self)
-    text = self._records[index][self._text_key]
-    return text.decode("utf-8") if isinstance(text, bytes) else str(text)
+    return as_text(self._records[index][self._text_key])
 
 
 def shakespeare_documents(split: str, data_dir: str | None = None) -> list[str]:

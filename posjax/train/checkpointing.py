@@ -389,6 +389,18 @@ def restore_params(path: str | os.PathLike, abstract_params: Any, *,
   raises ValueError naming the missing, unexpected and mis-shaped parameters before any array is
   read or anything is compiled.
   """
+  item_dir, stored = _stored_params(path, key)
+  problems = tree_mismatches(abstract_params, stored)
+  if problems:
+    raise ValueError(f"init_from={path}: the parameters in {item_dir} do not fit the model:\n  - "
+                     + "\n  - ".join(problems)
+                     + "\nUse a checkpoint of the same architecture (or change the model config)")
+  return _restore_part(item_dir, key, abstract_params)
+
+
+def _stored_params(path: str | os.PathLike, key: str) -> tuple[epath.Path, Any]:
+  """`(item dir, metadata tree of state[key])` of the checkpoint at `path` (a workdir, its
+  checkpoints directory or one step; the latest step for the first two, logged)."""
   step_dir, step = resolve_checkpoint(path)
   item_dir = step_dir / STATE
   logging.info("init_from: loading parameters from %s (step %d)", step_dir, step)
@@ -397,12 +409,12 @@ def restore_params(path: str | os.PathLike, abstract_params: Any, *,
     found = sorted(stored) if isinstance(stored, Mapping) else type(stored).__name__
     raise ValueError(f"the checkpoint at {item_dir} has no {key!r} entry (top-level keys: "
                      f"{found}); init_from needs a train-state checkpoint written by posjax")
-  problems = tree_mismatches(abstract_params, stored[key])
-  if problems:
-    raise ValueError(f"init_from={path}: the parameters in {item_dir} do not fit the model:\n  - "
-                     + "\n  - ".join(problems)
-                     + "\nUse a checkpoint of the same architecture (or change the model config)")
-  item = {key: abstract_params}
+  return item_dir, stored[key]
+
+
+def _restore_part(item_dir: epath.Path, key: str, abstract_tree: Any) -> Any:
+  """`state[key]` restored onto `abstract_tree`, which may hold only part of the stored tree."""
+  item = {key: abstract_tree}
   try:
     restored = ocp.PyTreeCheckpointer().restore(
         item_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=_restore_args(item),
@@ -439,14 +451,8 @@ def restore_pretrained(path: str | os.PathLike, abstract_params: Any, *,
   as initialised, and the checkpoint paths nothing asked for (e.g. the MLM head). Raises
   ValueError, before reading any array, when a shape differs or nothing matches at all.
   """
-  step_dir, step = resolve_checkpoint(path)
-  item_dir = step_dir / STATE
-  logging.info("init_from: loading pretrained parameters from %s (step %d)", step_dir, step)
-  stored = _read_metadata(item_dir, what="checkpoint")
-  if not isinstance(stored, Mapping) or key not in stored:
-    raise ValueError(f"the checkpoint at {item_dir} has no {key!r} entry; init_from needs a "
-                     "train-state checkpoint written by posjax")
-  have = _flat_shapes(stored[key])
+  item_dir, stored = _stored_params(path, key)
+  have = _flat_shapes(stored)
   leaves = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
   wanted, sources, fresh, problems = {}, {}, [], []
   for keys, leaf in leaves:
@@ -466,15 +472,8 @@ def restore_pretrained(path: str | os.PathLike, abstract_params: Any, *,
     raise ValueError(f"init_from={path}: no parameter of the model is in {item_dir} (it holds "
                      f"{', '.join(sorted(have)[:5])}, ...); is it a checkpoint of this model "
                      "family's backbone?")
-  item = {key: _subtree(stored[key], wanted)}
-  try:
-    restored = ocp.PyTreeCheckpointer().restore(
-        item_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=_restore_args(item),
-                                              partial_restore=True))
-  except Exception as e:
-    raise ValueError(f"could not read the parameters at {item_dir} ({_brief(e)}); "
-                     "the checkpoint may be truncated or corrupt") from e
-  flat = jax.tree_util.tree_flatten_with_path(restored[key])[0]
+  restored = _restore_part(item_dir, key, _subtree(stored, wanted))
+  flat = jax.tree_util.tree_flatten_with_path(restored)[0]
   loaded = {sources["/".join(key_name(k) for k in keys)]: value for keys, value in flat}
   unused = sorted(set(have) - set(wanted))
   return loaded, fresh, unused

@@ -22,6 +22,7 @@ from posjax.interop import loader
 from posjax.interop.checkpoint import read_config
 from posjax.models import TransformerConfig
 from posjax.nn import peft
+from posjax.train import checkpointing
 
 
 def hf_backbone(model_config, path: str) -> tuple[WordPieceTokenizer, TransformerConfig]:
@@ -50,7 +51,7 @@ def hf_params(path: str, family: str, abstract_params: Any,
   source = {"/".join(str(k) for k in key): value for key, value in params.items()}
   loaded, fresh, problems = {}, [], []
   for keys, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
-    names = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys)
+    names = tuple(checkpointing.key_name(k) for k in keys)
     model_path, src = "/".join(names), "/".join(source_path(names))
     value = source.get(src)
     if value is not None and tuple(value.shape) == tuple(leaf.shape):
