@@ -134,19 +134,16 @@ class Experiment:
   # Data ---------------------------------------------------------------------------------------
 
   def _dataset(self, split: str, seq_len: int, batch_size: int, *, train: bool):
+    common = dict(batch_size=batch_size // jax.process_count(), seed=self.config.data.seed,
+                  shuffle=train, repeat=train, process_index=jax.process_index(),
+                  process_count=jax.process_count(), drop_remainder=train)
     if self.kind is not None:
-      return labelled.make_labelled_dataset(
-          self.passages(split, seq_len), self.tokenizer, seq_len=seq_len,
-          batch_size=batch_size // jax.process_count(), cls=self._pooling() == "cls",
-          seed=self.config.data.seed, shuffle=train, repeat=train,
-          process_index=jax.process_index(), process_count=jax.process_count(),
-          drop_remainder=train)
+      return labelled.make_labelled_dataset(self.passages(split, seq_len), self.tokenizer,
+                                            seq_len=seq_len, cls=self._pooling() == "cls",
+                                            **common)
     make = data.make_mlm_dataset if self.config.task == "mlm" else data.make_lm_dataset
-    return make(self.config.data, split=split, seq_len=seq_len,
-                batch_size=batch_size // jax.process_count(), tokenizer=self.tokenizer,
-                seed=self.config.data.seed, shuffle=train, repeat=train,
-                process_index=jax.process_index(), process_count=jax.process_count(),
-                drop_remainder=train)
+    return make(self.config.data, split=split, seq_len=seq_len, tokenizer=self.tokenizer,
+                **common)
 
   def _global(self, host_batch):
     # Evaluation batches arrive full: the pipeline pads a short last batch with weightless rows.
