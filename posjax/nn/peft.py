@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from posjax.nn.attention import Attention
+from posjax.nn.block import Block
 from posjax.nn.mlp import ACTIVATIONS, MLP
 
 METHODS = ("full", "freeze_embeddings", "freeze_bottom", "lora", "adapters", "bitfit", "prompt")
@@ -161,7 +162,6 @@ def apply(model: nnx.Module, peft: PeftConfig, *, seed: int = 0) -> nnx.Module:
               setattr(module, name, LoRA(getattr(module, name), rank=peft.lora_rank,
                                          alpha=peft.lora_alpha, rngs=rngs))
   elif peft.method == "adapters":
-    from posjax.nn.block import Block  # block imports nothing from here; avoid a cycle anyway
     for _, module in list(nnx.iter_modules(model)):
       if isinstance(module, Block):
         dim = module.mlp.wo.out_features
