@@ -62,7 +62,7 @@ def t5_relative_bucket(relative_position: jax.Array, *, bidirectional: bool,
     offset = jnp.where(relative_position > 0, per_side, 0).astype(jnp.int32)
     distance = jnp.abs(relative_position)
   else:
-    offset = jnp.zeros_like(relative_position)
+    offset = 0  # not zeros_like: an array of constants would become a tile-sized kernel input
     distance = jnp.maximum(-relative_position, 0)
   max_exact = per_side // 2
   # log(0) would be -inf; those distances take the exact branch anyway.
@@ -94,7 +94,9 @@ def t5_score_mod(params, head: jax.Array, q_pos: jax.Array, k_pos: jax.Array, *,
   """T5 bias (Raffel et al. 2020): `table[t5_relative_bucket(k_pos - q_pos), head]`.
 
   Elementwise per-element table lookup; result in the table's dtype, with the broadcast shape of
-  `head`, `q_pos`, `k_pos`.
+  `head`, `q_pos`, `k_pos`. For one head (a scalar `head`, as the fused kernel calls it) the head's
+  column is selected first, so that the kernel computes it once per head and looks buckets up in a
+  vector (see `posjax.kernels.hoist`).
   """
   table = params["table"]
   if table.ndim != 2 or table.shape[0] != num_buckets:
@@ -103,7 +105,10 @@ def t5_score_mod(params, head: jax.Array, q_pos: jax.Array, k_pos: jax.Array, *,
   relative = jnp.asarray(k_pos, jnp.int32) - jnp.asarray(q_pos, jnp.int32)
   bucket = t5_relative_bucket(relative, bidirectional=bidirectional, num_buckets=num_buckets,
                               max_distance=max_distance)
-  return table[bucket, jnp.asarray(head, jnp.int32)]
+  head = jnp.asarray(head, jnp.int32)
+  if head.ndim == 0:
+    return table[:, head][bucket]
+  return table[bucket, head]
 
 
 SCHEMES = (

@@ -85,7 +85,8 @@ def _dq_kernel(spec: KernelSpec, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref
 def _dkdv_kernel(spec: KernelSpec, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_pos_ref,
                  k_pos_ref, q_seg_ref, k_seg_ref, *refs):
   n = len(_floating(spec))
-  residuals, (dk_ref, dv_ref) = tiles.load(refs[:n]), refs[n:]
+  residual_refs, (dk_ref, dv_ref) = refs[:n], refs[n:]
+  residuals = tiles.load(residual_refs)
   k_KD, v_KD = k_ref[...], v_ref[...]
   k_pos_K, k_seg_K = k_pos_ref[...], k_seg_ref[...]
   num_q_tiles = q_ref.shape[0] // spec.block_q
@@ -98,7 +99,7 @@ def _dkdv_kernel(spec: KernelSpec, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_r
     def update(carry):
       dk_KD, dv_KD = carry
       q_QD, do_QD = q_ref[queries, :], do_ref[queries, :]
-      bias_QK = tiles.bias(spec.split, residuals, q_pos_Q, k_pos_K)
+      bias_QK = tiles.bias(spec.split, residuals, q_pos_Q, k_pos_K, residual_refs)
       p = _probabilities(spec, q_QD, k_KD, lse_ref[queries], bias_QK, mask)
       dv_KD = dv_KD + tiles.dot_tn(p.astype(do_QD.dtype), do_QD)
       ds = p * (tiles.dot_qk(do_QD, v_KD) - delta_ref[queries][:, None])

@@ -40,7 +40,7 @@ def _kernel(spec: KernelSpec, q_ref, k_ref, v_ref, q_pos_ref, k_pos_ref, q_seg_r
       m_Q, l_Q, acc_QD = carry
       v_KD = v_ref[keys, :]
       s = tiles.dot_qk(q_QD, k_ref[keys, :]) * spec.scale
-      s = s + tiles.bias(spec.split, residuals, q_pos_Q, k_pos_K)
+      s = s + tiles.bias(spec.split, residuals, q_pos_Q, k_pos_K, residual_refs)
       s = jnp.where(mask, s, tiles.NEG)
       m_new = jnp.maximum(m_Q, jnp.max(s, axis=1))
       p = jnp.where(mask, jnp.exp(s - m_new[:, None]), 0.0)

@@ -35,11 +35,14 @@ def any_visible(mask_QK) -> jax.Array:
   return jnp.max(mask_QK.astype(jnp.int32)) > 0
 
 
-def bias(split: Optional[SplitScoreMod], residuals, q_pos_Q, k_pos_K) -> jax.Array:
-  """`[bq, bk]` float32 `score_mod(θ, h, q_pos[i], k_pos[j])` from head h's residuals, or 0."""
+def bias(split: Optional[SplitScoreMod], residuals, q_pos_Q, k_pos_K, refs=None) -> jax.Array:
+  """`[bq, bk]` float32 `score_mod(θ, h, q_pos[i], k_pos[j])` from head h's residuals, or 0.
+
+  `refs`, the residuals' refs, let table lookups load from memory; pass them where the bias is
+  not differentiated."""
   if split is None:
     return jnp.zeros((), jnp.float32)
-  return split.bias(residuals, q_pos_Q, k_pos_K)
+  return split.bias(residuals, q_pos_Q, k_pos_K, refs)
 
 
 def load(refs) -> list[jax.Array]:

@@ -100,6 +100,9 @@ def test_vmap_and_per_element():
   scalar = jax.jit(t5.t5_score_mod)(params, jnp.int32(2), jnp.int32(300), jnp.int32(150))
   assert scalar.shape == ()
   np.testing.assert_array_equal(scalar, dense[1, 2, 2, 3])
+  # One head over a tile of positions: the form the fused kernel traces (head's column first).
+  tile = jax.jit(t5.t5_score_mod)(params, jnp.int32(2), Q_POS[1][:, None], K_POS[1][None, :])
+  np.testing.assert_array_equal(tile, dense[1, 2])
 
 
 def test_bfloat16_table():

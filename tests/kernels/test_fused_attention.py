@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from posjax import encodings, models
-from posjax.kernels import ScoreMod, fused_attention
+from posjax.kernels import ScoreMod, fused_attention, hoist
 from posjax.nn import attention_core
 
 B, L, H, G, D = 2, 40, 4, 2, 16  # L = 40 is padded to 48: three 16-wide tiles, one partial
@@ -175,17 +175,34 @@ def test_memory_grows_linearly_with_length():
   assert long < 2 * 2048 * 2048 * 4 / 4
 
 
-@pytest.mark.parametrize("name", ["fire"])
-def test_lowers_to_triton_for_gpu(name):
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("name", ["alibi", "t5", "kerple_log", "kerple_power", "sandwich", "fire"])
+def test_lowers_to_triton_for_gpu(name, bidirectional):
   """Cross-lowering for CUDA on this CPU machine (no GPU needed): forward, dq and dk/dv become
-  three Triton kernels. This checks the Pallas Triton lowering only, not Triton's compiler. T5
-  does not lower: its table lookup is a `gather`, which that lowering lacks (jax 0.10.2)."""
-  fn, params = _scheme(name, bidirectional=False)
+  three Triton kernels. This checks the Pallas Triton lowering only, not Triton's compiler. T5's
+  table lookup is a `gather`, which that lowering lacks: `hoist` rewrites it."""
+  fn, params = _scheme(name, bidirectional=bidirectional)
   positions = jnp.broadcast_to(jnp.arange(256)[None], (2, 256))
   loss = lambda q, k, v, p: jnp.sum(fused_attention(
-      q, k, v, q_pos_BQ=positions, k_pos_BK=positions, causal=True,
+      q, k, v, q_pos_BQ=positions, k_pos_BK=positions, causal=not bidirectional,
       score_mod=ScoreMod(fn, p), interpret=False).astype(jnp.float32))
   x = jax.ShapeDtypeStruct((2, 256, 4, 64), jnp.bfloat16)
   grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
   text = grad.trace(x, x, x, params).lower(lowering_platforms=("cuda",)).as_text()
   assert text.count("__gpu$xla.gpu.triton") == 3
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("name", ["alibi", "t5", "kerple_log", "kerple_power", "sandwich", "fire"])
+def test_kernel_inputs_are_per_head(name, bidirectional):
+  """The split hands the kernels per-head values only, the same whatever the tile size: no
+  constant broadcast to a tile (a tile-sized input, and a tile-sized gradient per program) and
+  T5's table as head h's column."""
+  fn, params = _scheme(name, bidirectional=bidirectional)
+  shapes = {hoist.split(fn, params, num_heads=H, block_q=bq, block_k=bk)[0].shapes
+            for bq, bk in [(16, 16), (64, 32)]}
+  assert len(shapes) == 1
+  (shapes,) = shapes
+  assert all(np.prod(s, dtype=int) <= 32 for s in shapes), shapes
+  if name == "t5":
+    assert shapes == ((OPTIONS["t5"]["num_buckets"],),)
