@@ -5,6 +5,9 @@ Layout under a workdir:
   <workdir>/checkpoints/<step>/state/        the train state (any pytree of arrays, sharded or not)
   <workdir>/checkpoints/<step>/data_state/   the data iterator's state, one JSON file per process
   <workdir>/checkpoints/<step>/metrics/      the metrics given to `save` (used to pick the best)
+  <workdir>/checkpoints/<step>/loop_state/   the training loop's own state, JSON (early stopping:
+                                             best value and evaluations since), so a resumed run
+                                             goes on exactly where the saved one was
 
 Retention is "the last `keep` checkpoints plus the best one by `best_metric`", expressed with
 Orbax's preservation policies (`AnyPreservationPolicy([LatestN, BestN])`; tested with
@@ -35,6 +38,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 STATE = "state"
 DATA_STATE = "data_state"
+LOOP_STATE = "loop_state"
 PARAMS_KEY = "params"
 
 
@@ -213,7 +217,8 @@ class Checkpointer:
     )
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
-        item_handlers={STATE: ocp.StandardCheckpointHandler(), DATA_STATE: DataStateHandler()})
+        item_handlers={STATE: ocp.StandardCheckpointHandler(), DATA_STATE: DataStateHandler(),
+                       LOOP_STATE: ocp.JsonCheckpointHandler("loop_state.json")})
 
   def _metric_value(self, metrics: Mapping[str, Any]) -> float:
     """Lower is better (BestN with reverse=True keeps the smallest); missing or NaN is worst."""
@@ -229,12 +234,14 @@ class Checkpointer:
   # ------------------------------------------------------------------ saving
 
   def save(self, step: int, state: Any, *, data_state: Any = None,
-           metrics: Optional[Mapping[str, Any]] = None, force: bool = False) -> bool:
+           metrics: Optional[Mapping[str, Any]] = None,
+           loop_state: Optional[Mapping[str, Any]] = None, force: bool = False) -> bool:
     """Save `state` (and the data iterator's state) at `step`; True if a checkpoint was written.
 
     Without `force`, only steps that are multiples of `save_every` are written. `metrics` (scalar
     values) are stored alongside when they include `best_metric`, which ranks the checkpoint for
-    "keep the best". Saving a step that already exists is a no-op returning False.
+    "keep the best". `loop_state` is a JSON-able dict of the training loop's own state, read back
+    by `loop_state()`. Saving a step that already exists is a no-op returning False.
     """
     step = int(step)
     if step in self._manager.all_steps():
@@ -244,6 +251,8 @@ class Checkpointer:
     items = {STATE: ocp.args.StandardSave(state)}
     if data_state is not None:
       items[DATA_STATE] = DataStateSave(data_state)
+    if loop_state is not None:  # a copy: the save may finish in the background
+      items[LOOP_STATE] = ocp.args.JsonSave(json.loads(json.dumps(dict(loop_state))))
     scalars = None
     if self.best_metric and metrics and self.best_metric in metrics:
       # Stored only when they can rank this checkpoint: one without the metric is never "best".
@@ -319,6 +328,21 @@ class Checkpointer:
                        "It may be truncated or corrupt: delete that step directory to resume "
                        "from an earlier checkpoint") from e
     return restored[STATE], (restored[DATA_STATE] if has_data else None)
+
+  def loop_state(self, step: Optional[int] = None) -> dict:
+    """The `loop_state` saved with `step` (default: the latest); {} when there is none (no such
+    checkpoint, or one saved without it)."""
+    step = self.latest_step() if step is None else int(step)
+    if step is None or not (self.directory / str(step) / LOOP_STATE).exists():
+      return {}
+    try:
+      restored = self._manager.restore(
+          step, args=ocp.args.Composite(**{LOOP_STATE: ocp.args.JsonRestore()}))
+    except Exception as e:  # a damaged file: as in `restore`
+      raise ValueError(f"could not read the loop state at {self.directory / str(step)} "
+                       f"({_brief(e)}); delete that step directory to resume from an earlier "
+                       "checkpoint") from e
+    return dict(restored[LOOP_STATE])
 
 
 def _read_metadata(item_dir: epath.Path, *, what: str):

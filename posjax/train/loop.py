@@ -155,15 +155,26 @@ class Experiment:
     """Train to `train.steps`, resuming from the workdir's latest checkpoint.
 
     `stop_after` ends this call after that many steps, with a checkpoint, as a preemption would.
+    A resumed run goes on as if it had never stopped: early stopping counts on from the
+    checkpoint's state, and the metrics logged after the checkpoint are dropped (those steps are
+    run and logged again; see `metrics_lib.MetricsWriter`).
     """
     config, tc = self.config, self.config.train
     state, data_state = self.restore_or_init()
     start = int(state.step)
+    stopper = EarlyStopping(tc.get("early_stopping_patience", 0), tc.best_metric,
+                            tc.get("best_mode", "min"))
+    stopper.load_state_dict(self.checkpointer.loop_state(start).get("early_stopping"))
+    if stopper.should_stop:
+      logging.info("early stopping ended this run at step %d: nothing to train (raise "
+                   "train.early_stopping_patience, or set it to 0, to train on)", start)
+      return state
     seq_len, batch = config.data.seq_len, config.data.global_batch_size
     train_iter = iter(self._dataset("train", seq_len, batch, train=True))
     if data_state is not None:
       train_iter.set_state(data_state)
-    writer = metrics_lib.MetricsWriter(self.workdir, is_primary=jax.process_index() == 0)
+    writer = metrics_lib.MetricsWriter(self.workdir, is_primary=jax.process_index() == 0,
+                                       start_step=start)
     progress = metrics_lib.Progress(tc.steps, every=tc.log_every, start=start)
     preempted = checkpointing.install_preemption_handler()
     flops_per_token = flops.decoder_flops_per_token(self.cfg, seq_len)
@@ -171,8 +182,6 @@ class Experiment:
     logging.info("%s: %.2fM parameters (%d trained: peft %s), %s, mesh %s", self.family,
                  self.trainable.num_params / 1e6, self.trainable.num_trainable, self.peft.method,
                  self.cfg.pe, dict(self.mesh.shape))
-    stopper = EarlyStopping(tc.get("early_stopping_patience", 0), tc.best_metric,
-                            tc.get("best_mode", "min"))
 
     step_fn, last_log, last_log_step = None, time.perf_counter(), start
     stopping = was_preempted = False
@@ -181,7 +190,8 @@ class Experiment:
       if step_fn is None:
         t0 = time.perf_counter()
         step_fn = self.trainable.train_step.lower(state, batch_arrays).compile()
-        writer.write_scalars(step, {"compile_seconds": time.perf_counter() - t0})
+        # At the first step it serves, like every record of this call (all after `start`).
+        writer.write_scalars(step + 1, {"compile_seconds": time.perf_counter() - t0})
         last_log = time.perf_counter()
       state, metrics = step_fn(state, batch_arrays)
       done = step + 1
@@ -213,7 +223,8 @@ class Experiment:
         writer.write_scalars(done, eval_metrics)
         progress.message(f"step {done}: validation " + ", ".join(
             f"{k.split('/')[-1]} {v:.4f}" for k, v in eval_metrics.items()))
-        if stopper.update(eval_metrics) and not is_last:
+        # Only the scheduled evaluations count: not the extra one of an interrupted run.
+        if done % tc.eval_every == 0 and stopper.update(eval_metrics) and not is_last:
           progress.message(f"early stopping: {tc.best_metric} has not improved on "
                            f"{stopper.best:.4f} for {stopper.patience} evaluations")
           stopping = is_last = True
@@ -222,7 +233,8 @@ class Experiment:
         if eval_metrics is None:
           self._check_finite(jax.device_get(metrics["loss"]), done)
         self.checkpointer.save(done, state, data_state=train_iter.get_state(),
-                               metrics=eval_metrics, force=True)
+                               metrics=eval_metrics, force=True,
+                               loop_state={"early_stopping": stopper.state_dict()})
       if stopping:
         progress.message(f"stopping at step {done}; the checkpoint is saved")
         break
@@ -375,7 +387,8 @@ class EarlyStopping:
   """Stop when `metric` has not improved for `patience` evaluations in a row (0: never)."""
 
   def __init__(self, patience: int, metric: str, mode: str = "min"):
-    self.patience, self.metric, self.sign = patience, metric, 1.0 if mode == "min" else -1.0
+    self.patience, self.metric, self.mode = patience, metric, mode
+    self.sign = 1.0 if mode == "min" else -1.0
     self.best, self._since = None, 0
 
   def update(self, metrics: dict) -> bool:
@@ -387,7 +400,22 @@ class EarlyStopping:
       self.best, self._since = value, 0
     else:
       self._since += 1
-    return self._since >= self.patience
+    return self.should_stop
+
+  @property
+  def should_stop(self) -> bool:
+    return bool(self.patience) and self._since >= self.patience
+
+  def state_dict(self) -> dict:
+    """What a checkpoint keeps, so that a resumed run stops where an uninterrupted one would."""
+    return {"metric": self.metric, "mode": self.mode, "best": self.best,
+            "evaluations_since_best": self._since}
+
+  def load_state_dict(self, state: Optional[dict]) -> None:
+    """Go on from a checkpoint's `state_dict()`; start afresh without one (a fresh run, an older
+    checkpoint) or when it ranked by another metric or direction."""
+    if state and (state["metric"], state["mode"]) == (self.metric, self.mode):
+      self.best, self._since = state["best"], int(state["evaluations_since_best"])
 
 
 def length_table(results: list[LengthResult]) -> str:

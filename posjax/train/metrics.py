@@ -7,6 +7,17 @@
     "-Infinity" (valid JSON; Python's `float()` reads them back).
 Only the primary process writes anything: pass `is_primary=jax.process_index() == 0`, or None to
 have the writer ask JAX itself.
+
+Resuming: a run that crashed or was preempted after its last checkpoint (at step s) had logged
+steps after s, and the resumed run runs and logs them again. Given `start_step=s`, the writer
+keeps each step once:
+  - `metrics.jsonl` is cut back to the records of steps <= s (what scripts, reports and plots
+    read), as is a last line cut short by a crash;
+  - event files cannot be edited in place, so the writer's new event file starts with
+    `SessionLog.START` at step s + 1 (tensorboardX's `purge_step`): TensorBoard then hides the
+    older points at steps > s (its default `--purge_orphaned_data`; the Rust data server drops a
+    tag's older points at steps >= each newly read one anyway). Other readers of the raw event
+    files (tbparse, `EventFileLoader`) see both copies of those steps.
 """
 
 from __future__ import annotations
@@ -50,9 +61,12 @@ class MetricsWriter:
   Args:
     workdir: the run's directory.
     is_primary: whether this process writes; None asks JAX (`process_index() == 0`).
+    start_step: the step the run (re)starts from, 0 for a fresh one: what was logged after it is
+      dropped (see the module docstring). None appends to the history as it is.
   """
 
-  def __init__(self, workdir: str | os.PathLike, *, is_primary: Optional[bool] = True):
+  def __init__(self, workdir: str | os.PathLike, *, is_primary: Optional[bool] = True,
+               start_step: Optional[int] = None):
     self.workdir = os.fspath(workdir)
     self.is_primary = _is_primary() if is_primary is None else bool(is_primary)
     self.jsonl_path = os.path.join(self.workdir, "metrics.jsonl")
@@ -66,7 +80,13 @@ class MetricsWriter:
       except ImportError as e:
         raise ImportError("MetricsWriter writes TensorBoard files with tensorboardX: "
                           "pip install tensorboardX") from e
-      self._tb = SummaryWriter(logdir=self.tensorboard_dir, flush_secs=30)
+      if start_step is not None:
+        _truncate_jsonl(self.jsonl_path, int(start_step))
+      # A unique, time-ordered file name: tensorboardX's own (seconds.hostname) is the same for
+      # two writers started within a second, and the second would overwrite the first's file.
+      self._tb = SummaryWriter(logdir=self.tensorboard_dir, flush_secs=30,
+                               purge_step=None if start_step is None else int(start_step) + 1,
+                               filename_suffix=f".{time.time_ns()}")
       self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
@@ -119,6 +139,29 @@ class MetricsWriter:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _record_step(line: str) -> float:
+  """The step of a JSONL record; infinity for a line that does not parse (cut short by a crash)."""
+  try:
+    return float(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return math.inf
+
+
+def _truncate_jsonl(path: str, step: int) -> None:
+  """Keep the records of `path` up to `step`, rewriting the file (atomically) if any goes."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = [line.rstrip("\n") for line in f if line.strip()]
+  kept = [line for line in lines if _record_step(line) <= step]
+  if len(kept) < len(lines):
+    logging.info("resuming at step %d: dropping the %d records logged after it from %s", step,
+                 len(lines) - len(kept), path)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      f.write("".join(line + "\n" for line in kept))
+    os.replace(path + ".tmp", path)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -110,6 +110,20 @@ def test_max_mode_and_save_every(tmp_path):
     assert ckpt.all_steps() == [2, 6]
 
 
+def test_loop_state_round_trip(tmp_path):
+  loop_state = {"early_stopping": {"metric": "eval/loss", "mode": "min", "best": 1.5,
+                                   "evaluations_since_best": 2}}
+  with Checkpointer(tmp_path, best_metric="") as ckpt:
+    assert ckpt.loop_state() == {}                       # no checkpoint yet
+    ckpt.save(1, _state(), force=True)                   # one saved without loop state
+    ckpt.save(2, _state(), loop_state=loop_state, force=True)
+    ckpt.wait()
+    assert ckpt.loop_state(1) == {}
+    assert ckpt.loop_state() == ckpt.loop_state(2) == loop_state
+    _, data_state = ckpt.restore(_abstract(_state()))   # the state restores as before
+  assert data_state is None
+
+
 def _loader():
   return grain.DataLoader(
       data_source=list(range(40)),

@@ -1,13 +1,14 @@
 """The experiment end to end on tiny configs: train, resume, evaluate, and clear input errors."""
 
 import pathlib
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
 from posjax.configs import load_config
-from posjax.train import loop
+from posjax.train import loop, metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -25,6 +26,34 @@ def test_resumed_run_ends_with_the_same_parameters(tmp_path):
   assert int(resumed.step) == int(straight.step) == 6
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                jax.device_get(resumed.params), jax.device_get(straight.params))
+
+
+def test_early_stopping_survives_a_resume(tmp_path):
+  # With a learning rate of 0 the validation loss never improves on the first evaluation, so an
+  # uninterrupted run evaluating every 2 steps with patience 2 stops at step 6.
+  config = get_config(**{"train.steps": 12, "train.eval_every": 2, "train.learning_rate": 0.0})
+  config.train.early_stopping_patience = 2
+  loop.Experiment(config, str(tmp_path)).train(stop_after=3)  # preempted between evaluations
+  resumed = loop.Experiment(config, str(tmp_path)).train()
+  assert int(resumed.step) == 6
+  again = loop.Experiment(config, str(tmp_path)).train()  # an early-stopped run stays stopped
+  assert int(again.step) == 6
+
+
+def test_steps_run_again_after_a_crash_are_logged_once(tmp_path):
+  loop.Experiment(get_config(), str(tmp_path)).train()  # 6 steps, checkpoints at 3 and 6
+  straight = metrics.read_jsonl(tmp_path / "metrics.jsonl")
+  shutil.rmtree(tmp_path / "checkpoints" / "6")  # a crash after step 6 was logged, before its save
+  loop.Experiment(get_config(), str(tmp_path)).train()  # resumes at step 3, runs 4 to 6 again
+  records = metrics.read_jsonl(tmp_path / "metrics.jsonl")
+  logged = [(r["step"], k) for r in records for k in r if k not in ("step", "time")]
+  assert len(logged) == len(set(logged))
+  assert [r for r in records if r["step"] <= 3] == [r for r in straight if r["step"] <= 3]
+  for name in ("train/loss", "eval/loss"):
+    want = [(r["step"], r[name]) for r in straight if name in r]
+    got = [(r["step"], r[name]) for r in records if name in r]
+    assert [s for s, _ in got] == [s for s, _ in want]
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["lm", "mlm"])

@@ -70,6 +70,34 @@ def test_jsonl_and_tensorboard(tmp_path):
   assert {"train/loss", "train/lr", "eval/ppl"} <= tags
 
 
+def _visible_scalars(logdir):
+  """(step, tag, value) as TensorBoard shows them: a SessionLog.START at step s (a restart) hides
+  the points logged before it at steps >= s (TensorBoard's default, --purge_orphaned_data)."""
+  points = []
+  for event in _read_events(logdir):
+    if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+      points = [p for p in points if p[0] < event.step]
+    points += [(event.step, v.tag, v.simple_value) for v in event.summary.value
+               if v.HasField("simple_value")]
+  return points
+
+
+def test_resuming_drops_what_was_logged_after_the_checkpoint(tmp_path):
+  with metrics.MetricsWriter(tmp_path) as writer:  # checkpointed at step 2, crashed after step 3
+    for step in (1, 2, 3):
+      writer.write_scalars(step, {"loss": 10.0 + step})
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 4, "ti')  # a line cut short by the crash
+  with metrics.MetricsWriter(tmp_path, start_step=2) as writer:  # resumed from step 2
+    for step in (3, 4):
+      writer.write_scalars(step, {"loss": float(step)})
+  expected = [(1, 11.0), (2, 12.0), (3, 3.0), (4, 4.0)]
+  records = metrics.read_jsonl(tmp_path / "metrics.jsonl")
+  assert [(r["step"], r["loss"]) for r in records] == expected
+  assert sorted(_visible_scalars(tmp_path / "tensorboard")) == [
+      (step, "loss", value) for step, value in expected]
+
+
 def test_appends_across_writers_and_closed_is_noop(tmp_path):
   for step in (1, 2):
     writer = metrics.MetricsWriter(tmp_path)
