@@ -12,7 +12,9 @@ per layer, as in the paper); the paper uses k = 16 for machine translation, our 
 Scaling contract: `shaw_logits` (and the `content` hook) return the *unscaled* term q_i · a^K_ij.
 The attention adds it to the unscaled q_i · k_j and scales the sum by 1/sqrt(head_dim) once, which
 is exactly the paper's e_ij. The value term a^V is not a logit, so it has no place in the `content`
-hook: an attention that enables `values=True` adds `shaw_values(...)` to its output itself.
+hook: with `values=True`, `shaw_value_term` (`shaw_values` with the `rel_value` table) is the
+scheme's term on the output side, which the attention adds to Σ_j α_ij v_j given the probabilities
+α (`posjax.nn.positional.VALUE_TERMS`; xla and chunked attention backends only).
 """
 
 from __future__ import annotations
@@ -114,6 +116,13 @@ def shaw_content(params, q_BQHD, k_BKHD, q_pos_BQ, k_pos_BK, *,
   """The `content` hook: `shaw_logits` with `params["rel_key"]`, unscaled `[B, H, Q, K]` float32."""
   del k_BKHD
   return shaw_logits(params["rel_key"], q_BQHD, q_pos_BQ, k_pos_BK, max_distance=max_distance)
+
+
+def shaw_value_term(params, probs_BHQK, q_pos_BQ, k_pos_BK, *,
+                    max_distance: int = DEFAULT_MAX_DISTANCE, **_) -> jax.Array:
+  """The value term: `shaw_values` with `params["rel_value"]`, float32 `[B, Q, H, D]`."""
+  return shaw_values(params["rel_value"], probs_BHQK, q_pos_BQ, k_pos_BK,
+                     max_distance=max_distance)
 
 
 SCHEMES = (

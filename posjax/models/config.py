@@ -8,8 +8,9 @@ from typing import Any, Mapping, Optional
 import jax.numpy as jnp
 
 from posjax import encodings
-from posjax.nn.attention_core import BACKENDS
+from posjax.nn.attention_core import BACKENDS, BACKENDS_WITHOUT_PROBS
 from posjax.nn.mlp import check_activation
+from posjax.nn.positional import value_term
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -116,13 +117,15 @@ class TransformerConfig:
       problems.append(str(e))
     try:
       scheme = encodings.get(self.pe)
-      scheme.options(**self.pe_options)
+      options = scheme.options(**self.pe_options)
     except ValueError as e:
       problems.append(str(e))
     else:
-      if self.pe == "shaw" and self.pe_options.get("values"):
-        problems.append("shaw values=True (the relative value term) is not wired into attention "
-                        "yet: use values=False (the logits term)")
+      if (value_term(self.pe, options) is not None
+          and self.attention_backend in BACKENDS_WITHOUT_PROBS):
+        problems.append(f"{self.pe} with values=True adds a term computed from the attention "
+                        f"probabilities, which attention_backend={self.attention_backend!r} never "
+                        "forms: use xla, chunked or auto, or values=False")
       if "rotate" in scheme.hooks and self.resolved_head_dim % 2:
         problems.append(f"{self.pe} rotates pairs of dimensions: head_dim="
                         f"{self.resolved_head_dim} must be even")

@@ -36,7 +36,9 @@ class Attention(nnx.Module):
   """Self- or cross-attention.
 
   Positional hooks (from `positional`, shared or owned): `rotate` on q and k before the dot
-  product, `bias` and `content` as extra logits. Cross-attention takes no positional encoding.
+  product, `bias` and `content` as extra logits, and a value term (Shaw's a^V) added to
+  Σ_j α_ij v_j before the output projection. Cross-attention takes no positional encoding.
+  `weights` returns the attention probabilities.
   With a cache (`init_cache`) and `decode=True`, new keys and values are written at the cache's
   fill level and queries attend to everything cached, with positions carried in the cache.
   """
@@ -84,10 +86,10 @@ class Attention(nnx.Module):
     return (cache["k"][...], cache["v"][...], cache["positions"][...],
             cache["segment_ids"][...])
 
-  def __call__(self, x_BQD: jax.Array, *, positions_BQ: jax.Array,
-               segment_ids_BQ: Optional[jax.Array] = None, kv_BKD: Optional[jax.Array] = None,
-               kv_positions_BK: Optional[jax.Array] = None,
-               kv_segment_ids_BK: Optional[jax.Array] = None, decode: bool = False) -> jax.Array:
+  def _prepare(self, x_BQD, positions_BQ, segment_ids_BQ, kv_BKD, kv_positions_BK,
+               kv_segment_ids_BK, decode):
+    """q, k, v and the positional scheme (None for cross-attention), with `attention_core`'s
+    other arguments: positions, segments, causal, scale, and the positional extra logits."""
     is_cross = kv_BKD is not None
     if segment_ids_BQ is None:
       segment_ids_BQ = jnp.ones(x_BQD.shape[:2], jnp.int32)
@@ -109,9 +111,35 @@ class Attention(nnx.Module):
           k, v, kv_positions_BK, kv_segment_ids_BK)
     scale = self.scale if self.scale is not None else self.head_dim**-0.5
     extra_fn = None if pe is None else pe.extra_logits_fn(k, kv_positions_BK, scale=scale)
+    kwargs = dict(q_pos_BQ=positions_BQ, k_pos_BK=kv_positions_BK, q_seg_BQ=segment_ids_BQ,
+                  k_seg_BK=kv_segment_ids_BK, causal=self.causal and not is_cross, scale=scale,
+                  extra_fn=extra_fn)
+    return q, k, v, pe, kwargs
+
+  def __call__(self, x_BQD: jax.Array, *, positions_BQ: jax.Array,
+               segment_ids_BQ: Optional[jax.Array] = None, kv_BKD: Optional[jax.Array] = None,
+               kv_positions_BK: Optional[jax.Array] = None,
+               kv_segment_ids_BK: Optional[jax.Array] = None, decode: bool = False) -> jax.Array:
+    q, k, v, pe, kwargs = self._prepare(x_BQD, positions_BQ, segment_ids_BQ, kv_BKD,
+                                        kv_positions_BK, kv_segment_ids_BK, decode)
+    value_fn = None if pe is None else pe.value_fn(kwargs["k_pos_BK"])
     out = attention_core.dot_product_attention(
-        q, k, v, q_pos_BQ=positions_BQ, k_pos_BK=kv_positions_BK, q_seg_BQ=segment_ids_BQ,
-        k_seg_BK=kv_segment_ids_BK, causal=self.causal and not is_cross, scale=scale,
-        extra_fn=extra_fn, backend=self.backend, chunk_size=self.chunk_size,
-        score_mod=_score_mod(pe))
+        q, k, v, value_fn=value_fn, backend=self.backend, chunk_size=self.chunk_size,
+        score_mod=_score_mod(pe), **kwargs)
     return self.out(out)
+
+  def weights(self, x_BQD: jax.Array, *, positions_BQ: jax.Array,
+              segment_ids_BQ: Optional[jax.Array] = None, kv_BKD: Optional[jax.Array] = None,
+              kv_positions_BK: Optional[jax.Array] = None,
+              kv_segment_ids_BK: Optional[jax.Array] = None) -> jax.Array:
+    """probs_BHQK: float32 `[B, H, Q, K]` attention probabilities of `__call__` with these inputs.
+
+    Computed by `attention_core.attention_probs`, the code of the xla and chunked backends,
+    whatever this layer's backend. `__call__` returns `out(Σ_j probs_BHQK · v_j)` (query head h
+    reads value head h // (num_heads // num_kv_heads)), plus the scheme's value term (Shaw with
+    `values=True`) before `out`. A query that sees no key (padding) gets zeros. No decoding: the
+    cache is neither read nor written.
+    """
+    q, k, _, _, kwargs = self._prepare(x_BQD, positions_BQ, segment_ids_BQ, kv_BKD,
+                                       kv_positions_BK, kv_segment_ids_BK, decode=False)
+    return attention_core.attention_probs(q, k, **kwargs)

@@ -13,6 +13,12 @@ the explicit positions, not array indices, so a KV cache, packing and randomized
 queries against all keys; the chunked backend calls it per block, so evaluating at 32× the training
 length never builds a full `[B, H, L, L]` array.
 
+`value_fn(probs_BHQcK, q_pos_BQc) -> [B, Qc, H, D]` is a positional term on the output side (Shaw
+et al.'s relative values): it is added to Σ_j probs · v_j, per block of queries like `extra_fn`.
+It needs the probabilities themselves, so only the backends that form them (xla, chunked) take it.
+`attention_probs` is the one implementation of logits, mask and softmax; those backends and
+`Attention.weights` all use it.
+
 The `fused` backend (`posjax.kernels`) takes the bias hook itself instead, as a `ScoreMod`, and
 evaluates it per tile inside a Pallas flash-attention kernel; it serves schemes whose only extra
 logits are a bias (ALiBi, T5, KERPLE, Sandwich, FIRE) and schemes with none (NoPE, RoPE).
@@ -29,7 +35,9 @@ import jax.numpy as jnp
 from posjax.kernels import ScoreMod, fused_attention
 
 ExtraFn = Callable[[jax.Array, jax.Array], Optional[jax.Array]]
+ValueFn = Callable[[jax.Array, jax.Array], jax.Array]
 BACKENDS = ("auto", "xla", "chunked", "cudnn", "fused")
+BACKENDS_WITHOUT_PROBS = ("cudnn", "fused")  # they never form the probabilities: no `value_fn`
 
 
 def attention_mask(q_pos_BQ, k_pos_BK, q_seg_BQ, k_seg_BK, *, causal: bool) -> jax.Array:
@@ -56,9 +64,12 @@ def _grouped_values(probs_BHQK, v_BKGD):
   return out.reshape(batch, q_len, heads, v_BKGD.shape[-1])
 
 
-def xla_attention(q_BQHD, k_BKGD, v_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_BQ, k_seg_BK, causal,
-                  scale, extra_fn: Optional[ExtraFn] = None) -> jax.Array:
-  """The reference: materializes `[B, H, Q, K]` logits in float32."""
+def attention_probs(q_BQHD, k_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_BQ, k_seg_BK, causal, scale,
+                    extra_fn: Optional[ExtraFn] = None) -> jax.Array:
+  """float32 `[B, H, Q, K]` probabilities: softmax over the visible keys of the logits above.
+
+  A query that sees no key at all (padding) gets zeros, not a uniform average.
+  """
   logits = _grouped_logits(q_BQHD, k_BKGD) * scale
   if extra_fn is not None:
     extra = extra_fn(q_BQHD, q_pos_BQ)
@@ -67,19 +78,31 @@ def xla_attention(q_BQHD, k_BKGD, v_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_BQ, k_seg
   mask = attention_mask(q_pos_BQ, k_pos_BK, q_seg_BQ, k_seg_BK, causal=causal)
   logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1)
-  # A query that sees no key at all (padding) gets zeros, not a uniform average.
-  probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)
-  return _grouped_values(probs, v_BKGD)
+  return jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)
+
+
+def xla_attention(q_BQHD, k_BKGD, v_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_BQ, k_seg_BK, causal,
+                  scale, extra_fn: Optional[ExtraFn] = None,
+                  value_fn: Optional[ValueFn] = None) -> jax.Array:
+  """The reference: materializes `[B, H, Q, K]` logits in float32."""
+  probs_BHQK = attention_probs(q_BQHD, k_BKGD, q_pos_BQ=q_pos_BQ, k_pos_BK=k_pos_BK,
+                               q_seg_BQ=q_seg_BQ, k_seg_BK=k_seg_BK, causal=causal, scale=scale,
+                               extra_fn=extra_fn)
+  out_BQHD = _grouped_values(probs_BHQK, v_BKGD)
+  if value_fn is not None:
+    out_BQHD = out_BQHD + value_fn(probs_BHQK, q_pos_BQ).astype(out_BQHD.dtype)
+  return out_BQHD
 
 
 def chunked_attention(q_BQHD, k_BKGD, v_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_BQ, k_seg_BK, causal,
-                      scale, extra_fn: Optional[ExtraFn] = None, chunk_size: int = 512):
+                      scale, extra_fn: Optional[ExtraFn] = None,
+                      value_fn: Optional[ValueFn] = None, chunk_size: int = 512):
   """`xla_attention` over blocks of `chunk_size` queries in sequence: memory O(chunk · K)."""
   batch, q_len = q_BQHD.shape[:2]
   if q_len <= chunk_size:
     return xla_attention(q_BQHD, k_BKGD, v_BKGD, q_pos_BQ=q_pos_BQ, k_pos_BK=k_pos_BK,
                          q_seg_BQ=q_seg_BQ, k_seg_BK=k_seg_BK, causal=causal, scale=scale,
-                         extra_fn=extra_fn)
+                         extra_fn=extra_fn, value_fn=value_fn)
   num_chunks = -(-q_len // chunk_size)
   pad = num_chunks * chunk_size - q_len
 
@@ -91,7 +114,8 @@ def chunked_attention(q_BQHD, k_BKGD, v_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_BQ, k
   def one_block(args):
     q, q_pos, q_seg = args
     return xla_attention(q, k_BKGD, v_BKGD, q_pos_BQ=q_pos, k_pos_BK=k_pos_BK, q_seg_BQ=q_seg,
-                         k_seg_BK=k_seg_BK, causal=causal, scale=scale, extra_fn=extra_fn)
+                         k_seg_BK=k_seg_BK, causal=causal, scale=scale, extra_fn=extra_fn,
+                         value_fn=value_fn)
 
   out = jax.lax.map(one_block, (blocks(q_BQHD), blocks(q_pos_BQ), blocks(q_seg_BQ)))
   out = jnp.moveaxis(out, 0, 1).reshape((batch, num_chunks * chunk_size) + out.shape[3:])
@@ -113,35 +137,41 @@ def cudnn_attention(q_BQHD, k_BKGD, v_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_BQ, k_s
                                       implementation=implementation)
 
 
-def resolve_backend(backend: str, *, q_len: int, k_len: int, dtype) -> str:
+def resolve_backend(backend: str, *, q_len: int, k_len: int, dtype,
+                    needs_probs: bool = False) -> str:
   """`auto`: cuDNN on a GPU for half precision, query blocks for long inputs, else XLA.
+
+  `needs_probs` (a `value_fn`) keeps `auto` on the backends that form the probabilities.
 
   `auto` never picks `fused` yet: its GPU speed is unmeasured (see experiments/bench). Once
   `python -m experiments.bench` has run on a GPU, the intended rule is: bias schemes (a
   `score_mod`, no content term) in bf16/fp16 take `fused` where the bench shows it no slower
   than cuDNN with a materialized bias, and always where that bias (H·Q·K·2 bytes, plus its
-  gradient for learnable schemes) would not fit in memory; schemes without a bias keep cuDNN;
-  T5 keeps cuDNN until its table lookup (a gather) lowers to Triton. On CPU, `fused` runs in
-  Pallas' interpreter (correct but slow), so `auto` keeps XLA / chunked there.
+  gradient for learnable schemes) would not fit in memory; schemes without a bias keep cuDNN.
+  On CPU, `fused` runs in Pallas' interpreter (correct but slow), so `auto` keeps XLA / chunked
+  there.
   """
   if backend not in BACKENDS:
     raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
   if backend != "auto":
     return backend
-  if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+  if (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+      and not needs_probs):
     return "cudnn"
   return "chunked" if q_len * k_len > 2048 * 2048 else "xla"
 
 
 def dot_product_attention(q_BQHD, k_BKGD, v_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_BQ=None,
                           k_seg_BK=None, causal: bool, scale: Optional[float] = None,
-                          extra_fn: Optional[ExtraFn] = None, backend: str = "xla",
+                          extra_fn: Optional[ExtraFn] = None,
+                          value_fn: Optional[ValueFn] = None, backend: str = "xla",
                           chunk_size: int = 512,
                           score_mod: Optional[ScoreMod] = None) -> jax.Array:
   """Attention by the named backend; `scale` defaults to 1/sqrt(head_dim).
 
   `score_mod` is the bias hook in the form the `fused` backend evaluates per tile; the other
-  backends ignore it and use `extra_fn`, which must then compute the same bias.
+  backends ignore it and use `extra_fn`, which must then compute the same bias. `value_fn` works
+  on xla and chunked only (see the module docstring); other backends raise a `ValueError`.
   """
   batch, q_len, heads, dim = q_BQHD.shape
   k_len, groups = k_BKGD.shape[1], k_BKGD.shape[2]
@@ -154,11 +184,16 @@ def dot_product_attention(q_BQHD, k_BKGD, v_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_B
   scale = 1.0 / math.sqrt(dim) if scale is None else scale
   kwargs = dict(q_pos_BQ=q_pos_BQ, k_pos_BK=k_pos_BK, q_seg_BQ=q_seg_BQ, k_seg_BK=k_seg_BK,
                 causal=causal, scale=scale, extra_fn=extra_fn)
-  backend = resolve_backend(backend, q_len=q_len, k_len=k_len, dtype=q_BQHD.dtype)
+  backend = resolve_backend(backend, q_len=q_len, k_len=k_len, dtype=q_BQHD.dtype,
+                            needs_probs=value_fn is not None)
   if backend == "xla":
-    return xla_attention(q_BQHD, k_BKGD, v_BKGD, **kwargs)
+    return xla_attention(q_BQHD, k_BKGD, v_BKGD, value_fn=value_fn, **kwargs)
   if backend == "chunked":
-    return chunked_attention(q_BQHD, k_BKGD, v_BKGD, chunk_size=chunk_size, **kwargs)
+    return chunked_attention(q_BQHD, k_BKGD, v_BKGD, value_fn=value_fn, chunk_size=chunk_size,
+                             **kwargs)
+  if value_fn is not None:
+    raise ValueError(f"the {backend} attention backend never forms the attention probabilities, "
+                     "which this positional scheme's value term needs: use xla or chunked")
   if backend == "fused":
     if extra_fn is not None and score_mod is None:
       raise ValueError("the fused attention backend evaluates a bias hook (score_mod) only; this "

@@ -7,14 +7,26 @@ One instance may be shared by every layer (e.g. T5's shared bucket table) or mad
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from posjax import encodings
+from posjax.encodings import shaw
 from posjax.nn import attention_core
+
+# Terms a scheme adds to the attention output Σ_j α_ij v_j given the probabilities α, by scheme
+# name, used when the scheme's option `values` is on. Same calling convention as the hooks of
+# `posjax.encodings.scheme`:  fn(params, probs_BHQK, q_pos_BQ, k_pos_BK, **options) -> [B, Q, H, D].
+# Shaw et al. 2018's a^V is the only one so far; a second would make this a field of `Scheme`.
+VALUE_TERMS = {"shaw": shaw.shaw_value_term}
+
+
+def value_term(name: str, options: Mapping[str, Any]) -> Optional[Callable[..., jax.Array]]:
+  """The value term of scheme `name` under these options, or None (see `VALUE_TERMS`)."""
+  return VALUE_TERMS.get(name) if options.get("values") else None
 
 
 def _freeze(value):
@@ -110,3 +122,11 @@ class PositionalEncoding(nnx.Module):
       return extra
 
     return extra_fn
+
+  def value_fn(self, k_pos_BK: jax.Array) -> Optional[attention_core.ValueFn]:
+    """The scheme's value term as a function of a block of probabilities (see attention_core)."""
+    term, options = value_term(self.name, self.options), self.options
+    if term is None:
+      return None
+    params = self._values()
+    return lambda probs_BHQK, q_pos_BQ: term(params, probs_BHQK, q_pos_BQ, k_pos_BK, **options)

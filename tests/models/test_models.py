@@ -9,12 +9,14 @@ from flax import nnx
 
 from posjax import encodings, models
 
-SCHEMES = encodings.names()
+SCHEMES = encodings.names() + ("shaw_values",)  # the latter: shaw with values=True
 VOCAB = 40
 
 
 def tiny(pe, **overrides):
   options = {"max_len": 64} if pe == "learned" else {}
+  if pe == "shaw_values":
+    pe, options = "shaw", {"values": True}
   values = dict(vocab_size=VOCAB, dim=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64,
                 pe=pe, pe_options=options, attention_backend="xla")
   values.update(overrides)
