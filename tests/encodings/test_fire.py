@@ -56,6 +56,23 @@ def test_bias_matches_the_paper_formula():
                                      rtol=1e-5, atol=1e-5)
 
 
+def test_jitted_bias_at_training_sizes():
+  """8 heads, 128 positions, the default MLP width: the shapes at which XLA:CPU's YNN fusion in
+  jaxlib 0.10.2 miscompiled this bias (jax-ml/jax#39103; posjax turns that fusion off)."""
+  heads, length = 8, 128
+  params = fire.fire_init(jax.random.key(3), num_heads=heads, head_dim=8, dim=64)
+  positions = np.arange(length)[None]
+  bias = np.asarray(jax.jit(lambda p: materialize_bias(fire.fire_bias, p, heads, positions,
+                                                       positions))(params))[0]
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  c, limit = abs(float(p["c"])), abs(float(p["L_multiplier"])) * fire.DEFAULT_THRESHOLD
+  i, j = np.arange(length)[:, None], np.arange(length)[None, :]
+  x = np.log(c * np.maximum(i - j, 0) + 1) / (np.log(c * np.maximum(limit, i) + 1) + 1e-6)
+  hidden = np.maximum(x[..., None] * p["w1"] + p["b1"], 0.0)       # [Q, K, width]
+  reference = np.moveaxis(hidden @ p["w2"] + p["b2"], -1, 0)       # [H, Q, K]
+  np.testing.assert_allclose(bias, reference, rtol=1e-4, atol=1e-5)
+
+
 def test_mlp_input_is_in_unit_interval_with_progressive_interpolation():
   params = _params()
   q = np.arange(0, 5000, 37, dtype=np.int32)[:, None]
