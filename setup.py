@@ -32,7 +32,9 @@ setuptools.setup(
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "sentencepiece>=0.2",  # tests cover it too
                 # tests/test_notebooks.py runs notebooks/ in a Jupyter kernel
-                "nbformat>=5.9,<6", "nbclient>=0.10,<0.12", "ipykernel>=6.29,<8"],
+                "nbformat>=5.9,<6", "nbclient>=0.10,<0.12", "ipykernel>=6.29,<8",
+                # tests/test_bench.py compiles the fused kernels for an H100 without one
+                "triton>=3.4,<4; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         "sentencepiece": ["sentencepiece>=0.2"],
         # Preparing most TFDS catalog datasets (lm1b, wikitext, ...) runs TensorFlow code once;
         # reading them afterwards (array_record) does not.

@@ -38,10 +38,16 @@ class KernelSpec:
     compiler_params = None
     if not self.interpret:
       from jax.experimental.pallas import triton as plgpu  # imported only when compiling
-      compiler_params = plgpu.CompilerParams(num_warps=4 if head_dim <= 64 else 8, num_stages=2)
+      compiler_params = plgpu.CompilerParams(**triton_options(head_dim))
     return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs,
                           out_shape=out_shape, compiler_params=compiler_params,
                           interpret=self.interpret)
+
+
+def triton_options(head_dim: int) -> dict[str, int]:
+  """Triton's launch options for a head dimension: 4 warps (128 threads) per program for D <= 64,
+  8 above; two pipeline stages."""
+  return {"num_warps": 4 if head_dim <= 64 else 8, "num_stages": 2}
 
 
 def head_specs(residuals) -> list[pl.BlockSpec]:

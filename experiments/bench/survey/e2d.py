@@ -1,0 +1,11 @@
+exec(open("e2_grads.py").read().split("print(f\"B={B}")[0])
+fn, params = scheme_fns()["fire"]
+paths = make_paths(fn)
+ro = paths["reference(jnp)"](q, k, v, params)
+rj = jax.nn.dot_product_attention(q, k, v, bias=materialize_bias(fn, params, H, pos, pos), is_causal=True, implementation="xla")
+fo = paths["posjax fused (interpret)"](q, k, v, params)
+print("ref vs jax.nn", float(jnp.abs(ro - rj).max()), "fused vs ref", float(jnp.abs(fo - ro).max()), "fused vs jax.nn", float(jnp.abs(fo - rj).max()))
+fj = jax.jit(paths["posjax fused (interpret)"])(q, k, v, params)
+print("jit fused vs ref", float(jnp.abs(fj - ro).max()))
+err = jnp.abs(fj - ro).max(axis=(0, 2, 3)); print(jnp.nonzero(err > 1e-4)[0])
+print(jax.tree.map(lambda x: x.shape, params))

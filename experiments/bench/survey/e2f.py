@@ -1,0 +1,10 @@
+exec(open("e2_grads.py").read().split("print(f\"B={B}")[0])
+fn, params = scheme_fns()["fire"]
+dense = lambda p: materialize_bias(fn, p, H, pos, pos)
+be, bj = dense(params), jax.jit(dense)(params)
+print("FIRE dense bias eager vs jit: max|diff|", float(jnp.abs(be - bj).max()), "max|bias|", float(jnp.abs(be).max()))
+idx = jnp.unravel_index(jnp.argmax(jnp.abs(be - bj)), be.shape); print("at", [int(i) for i in idx], float(be[idx]), float(bj[idx]))
+paths = make_paths(fn)
+ro_e = paths["reference(jnp)"](q, k, v, params); ro_j = jax.jit(paths["reference(jnp)"])(q, k, v, params)
+fo = jax.jit(paths["posjax fused (interpret)"])(q, k, v, params)
+print("ref eager vs ref jit", float(jnp.abs(ro_e - ro_j).max()), " fused vs ref eager", float(jnp.abs(fo - ro_e).max()), " fused vs ref jit", float(jnp.abs(fo - ro_j).max()))
