@@ -41,7 +41,8 @@ def _dq_kernel(spec: KernelSpec, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref
                k_pos_ref, q_seg_ref, k_seg_ref, *refs):
   floating = _floating(spec)
   n = len(floating)
-  residuals = tiles.load(refs[:n])
+  residual_refs = refs[:n]
+  residuals = tiles.load(residual_refs)
   dq_ref, dresidual_refs = refs[n], refs[n + 1:]
   q_QD, do_QD = q_ref[...], do_ref[...]
   lse_Q, delta_Q = lse_ref[...], delta_ref[...]
@@ -63,7 +64,10 @@ def _dq_kernel(spec: KernelSpec, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref
       dq_QD, dresiduals = carry
       k_KD, v_KD = k_ref[keys, :], v_ref[keys, :]
       differentiable = [r for r, f in zip(residuals, floating) if f]
-      bias_QK, bias_vjp = jax.vjp(lambda rs: bias_of(rs, k_pos_K), differentiable)
+      # The bias itself from the refs (table lookups as loads); the VJP's own forward pass
+      # (lookups as selects) is then dead code but for what the gradient needs.
+      bias_QK = tiles.bias(spec.split, residuals, q_pos_Q, k_pos_K, residual_refs)
+      _, bias_vjp = jax.vjp(lambda rs: bias_of(rs, k_pos_K), differentiable)
       p = _probabilities(spec, q_QD, k_KD, lse_Q, bias_QK, mask)
       ds = p * (tiles.dot_qk(do_QD, v_KD) - delta_Q[:, None])
       dq_QD = dq_QD + tiles.dot(ds.astype(k_KD.dtype), k_KD) * spec.scale
