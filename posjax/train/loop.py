@@ -232,8 +232,11 @@ class Experiment:
       if done % tc.checkpoint_every == 0 or is_last:
         if eval_metrics is None:
           self._check_finite(jax.device_get(metrics["loss"]), done)
+        # The extra evaluation of an interrupted run does not rank its checkpoint for "best":
+        # an uninterrupted run would not have had that candidate.
+        scheduled = done % tc.eval_every == 0 or done == tc.steps
         self.checkpointer.save(done, state, data_state=train_iter.get_state(),
-                               metrics=eval_metrics, force=True,
+                               metrics=eval_metrics if scheduled else None, force=True,
                                loop_state={"early_stopping": stopper.state_dict()})
       if stopping:
         progress.message(f"stopping at step {done}; the checkpoint is saved")

@@ -34,6 +34,9 @@ def test_early_stopping_survives_a_resume(tmp_path):
   config = get_config(**{"train.steps": 12, "train.eval_every": 2, "train.learning_rate": 0.0})
   config.train.early_stopping_patience = 2
   loop.Experiment(config, str(tmp_path)).train(stop_after=3)  # preempted between evaluations
+  # Its extra evaluation at step 3 is logged but does not make step 3 a "best" candidate.
+  assert (tmp_path / "checkpoints" / "3").exists()
+  assert not (tmp_path / "checkpoints" / "3" / "metrics").exists()
   resumed = loop.Experiment(config, str(tmp_path)).train()
   assert int(resumed.step) == 6
   again = loop.Experiment(config, str(tmp_path)).train()  # an early-stopped run stays stopped
