@@ -4,12 +4,13 @@
 
 JAX's partial evaluation does the split, with θ and h known and the positions unknown: every
 operation that depends only on θ and h (selecting head h's slope, kernel parameters or MLP column,
-clamping them) lands in `per_head`, the rest in `per_tile`. Values that depend on neither (a
-constant that `jnp.where` broadcasts to the tile, Sandwich's frequencies) are computed in
-`per_tile`, so that no kernel input or bias gradient has the tile's size. Why: inside a GPU (Triton) kernel, indexing a parameter by the traced head
-(`r1[head]`) is a `dynamic_slice` that the Pallas Triton lowering does not implement; after the
-split the kernel receives head h's residuals `r_h` through its BlockSpec instead, and the tile
-computation is elementwise arithmetic and reductions.
+clamping them) lands in `per_head`, the rest in `per_tile`. Why: inside a GPU (Triton) kernel,
+indexing a parameter by the traced head (`r1[head]`) is a `dynamic_slice` that the Pallas Triton
+lowering does not implement; after the split the kernel receives head h's residuals `r_h` through
+its BlockSpec instead, and the tile computation is elementwise arithmetic and reductions. Values
+that depend on neither θ nor h (a constant that `jnp.where` broadcasts to the tile, Sandwich's
+frequencies) are computed in `per_tile`, so that no kernel input or bias gradient has the tile's
+size.
 
 Gradients follow the same split: the backward kernel takes the VJP of `per_tile` with respect to
 r_h on each tile (no scatter into θ inside the kernel), and JAX differentiates `per_head` outside.
@@ -84,8 +85,11 @@ def _constants_into_tile(per_head, per_tile, residual_avals):
 
 
 def _is_vector_lookup(eqn) -> bool:
-  """`eqn` is `table[index]`: a gather of single elements from a 1-d operand."""
+  """`eqn` is `table[index]`: a gather of single elements from a 1-d operand, indices promised
+  in bounds (as `jnp` indexing emits; other modes define out-of-bounds values, kept as gathers)."""
   if eqn.primitive is not jax.lax.gather_p or eqn.invars[0].aval.ndim != 1:
+    return False
+  if eqn.params["mode"] != jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS:
     return False
   dims = eqn.params["dimension_numbers"]
   return (tuple(eqn.params["slice_sizes"]) == (1,) and tuple(dims.offset_dims) == ()
