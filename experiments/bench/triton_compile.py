@@ -93,8 +93,8 @@ def resource_usage(module_text: str, *, arch: int, num_warps: int, num_stages: i
     with open(source, "w") as f:
       f.write(module_text)
     child = (f"import json; from experiments.bench.triton_compile import _compile; "
-             f"print(json.dumps(_compile(open({source!r}).read(), arch={arch}, "
-             f"num_warps={num_warps}, num_stages={num_stages})))")
+             f"print(json.dumps(_compile({source!r}, arch={arch}, num_warps={num_warps}, "
+             f"num_stages={num_stages})))")
     try:
       done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
                             timeout=timeout_s)
@@ -105,17 +105,15 @@ def resource_usage(module_text: str, *, arch: int, num_warps: int, num_stages: i
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _compile(module_text: str, *, arch: int, num_warps: int, num_stages: int) -> dict:
-  """Compiles one Triton module for `sm_<arch>` and reads the cubin's resource usage."""
+def _compile(source: str, *, arch: int, num_warps: int, num_stages: int) -> dict:
+  """Compiles one Triton module (a `.ttir` file) for `sm_<arch>` and reads the cubin's resource
+  usage."""
   import triton
   from triton.backends.compiler import GPUTarget
 
+  compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                            options={"num_warps": num_warps, "num_stages": num_stages})
   with tempfile.TemporaryDirectory() as tmp:
-    source = os.path.join(tmp, "kernel.ttir")
-    with open(source, "w") as f:
-      f.write(module_text)
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": num_warps, "num_stages": num_stages})
     cubin = os.path.join(tmp, "kernel.cubin")
     with open(cubin, "wb") as f:
       f.write(compiled.asm["cubin"])
