@@ -218,13 +218,15 @@ class Experiment:
         progress.update(done, scalars, force=is_last)
         last_log, last_log_step = time.perf_counter(), done
       eval_metrics = None
-      if done % tc.eval_every == 0 or is_last:
+      # Only the scheduled evaluations count for early stopping and "best": not the extra one of
+      # an interrupted run, which an uninterrupted run would not have made.
+      scheduled = done % tc.eval_every == 0
+      if scheduled or is_last:
         eval_metrics = self.validate(state)
         writer.write_scalars(done, eval_metrics)
         progress.message(f"step {done}: validation " + ", ".join(
             f"{k.split('/')[-1]} {v:.4f}" for k, v in eval_metrics.items()))
-        # Only the scheduled evaluations count: not the extra one of an interrupted run.
-        if done % tc.eval_every == 0 and stopper.update(eval_metrics) and not is_last:
+        if scheduled and stopper.update(eval_metrics) and not is_last:
           progress.message(f"early stopping: {tc.best_metric} has not improved on "
                            f"{stopper.best:.4f} for {stopper.patience} evaluations")
           stopping = is_last = True
@@ -232,11 +234,9 @@ class Experiment:
       if done % tc.checkpoint_every == 0 or is_last:
         if eval_metrics is None:
           self._check_finite(jax.device_get(metrics["loss"]), done)
-        # The extra evaluation of an interrupted run does not rank its checkpoint for "best":
-        # an uninterrupted run would not have had that candidate.
-        scheduled = done % tc.eval_every == 0 or done == tc.steps
+        ranked = scheduled or done == tc.steps
         self.checkpointer.save(done, state, data_state=train_iter.get_state(),
-                               metrics=eval_metrics if scheduled else None, force=True,
+                               metrics=eval_metrics if ranked else None, force=True,
                                loop_state={"early_stopping": stopper.state_dict()})
       if stopping:
         progress.message(f"stopping at step {done}; the checkpoint is saved")
