@@ -14,18 +14,22 @@ from typing import Any
 import ml_collections
 
 REPO_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+# The copy of configs/ that a non-editable install carries (setup.py installs it there).
+PACKAGED_CONFIGS = pathlib.Path(__file__).resolve().parent / "_configs"
 
 
 def load_config(spec: str, **overrides: Any) -> ml_collections.ConfigDict:
   """`"path/to/file.py[:arg]"` → the file's `get_config(arg)`, with `{"dotted.key": value}`
   overrides applied (`load_config("configs/lm.py:tiny", **{"train.steps": 3})`).
 
-  A path that does not exist as given is looked up in the repository's `configs/` folder, so
-  `load_config("lm.py:alibi")` works from any directory of a source checkout.
+  A path that does not exist as given is looked up in the installed copy of `configs/`, then in
+  the repository's `configs/` folder, so `load_config("lm.py:alibi")` works from any directory,
+  installed or in a source checkout.
   """
   path, _, arg = spec.partition(":")
-  if not os.path.exists(path) and (REPO_CONFIGS / os.path.basename(path)).exists():
-    path = str(REPO_CONFIGS / os.path.basename(path))
+  for folder in (PACKAGED_CONFIGS, REPO_CONFIGS):
+    if not os.path.exists(path) and (folder / os.path.basename(path)).exists():
+      path = str(folder / os.path.basename(path))
   if not os.path.exists(path):
     raise ValueError(f"config file {path!r} does not exist")
   name = "posjax_config_" + pathlib.Path(path).stem

@@ -2,7 +2,10 @@
 code a GPU session runs, so they must not rot between sessions that have one."""
 
 import csv
+import importlib.util
 import os
+
+import pytest
 
 from experiments.bench import __main__ as bench
 from experiments.bench import check_gpu, triton_compile
@@ -21,6 +24,8 @@ def test_bench_writes_every_table(tmp_path):
   assert "fused" in (tmp_path / "tables.md").read_text()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                    reason="needs Triton's compiler: pip install -e '.[bench]'")
 def test_kernels_compile_for_an_h100(tmp_path):
   """Triton compiles the forward and both backward kernels for sm_90 from the modules JAX lowers,
   within its 255 registers per thread; without a bias nothing spills to local memory."""
