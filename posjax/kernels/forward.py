@@ -7,7 +7,7 @@ For query tile I against key tiles J = 0, 1, ... (FlashAttention, Dao et al. 202
 
 with S_J the tile logits of `tiles`: the bias is evaluated per tile from the score_mod's per-tile
 part and the program's head residuals (see `hoist`). Tiles with no visible pair (causal upper
-triangle, other packed segments, padding) are skipped. Only `lse` (float32 `[B, H, Q]`) is saved
+triangle, other packed segments, padding) are skipped. Only `lse` (float32 `[B, H, Q]`, in the layout's row form) is saved
 for the backward pass; a query with no visible key gets out = 0 and lse = 0 (its probabilities
 are all zero, like the reference).
 """
@@ -24,23 +24,26 @@ from posjax.kernels.spec import KernelSpec, head_specs
 
 def _kernel(spec: KernelSpec, q_ref, k_ref, v_ref, q_pos_ref, k_pos_ref, q_seg_ref, k_seg_ref,
             *refs):
+  layout = spec.layout
   residual_refs, (o_ref, lse_ref) = refs[:-2], refs[-2:]
   residuals = tiles.load(residual_refs)
   q_QD = q_ref[...]
-  q_pos_Q, q_seg_Q = q_pos_ref[...], q_seg_ref[...]
+  q_pos_Q, q_seg_Q = layout.read(q_pos_ref), layout.read(q_seg_ref)
   block_q, head_dim = q_QD.shape
   num_k_tiles = k_ref.shape[0] // spec.block_k
 
   def tile(j, carry):
-    keys = pl.ds(j * spec.block_k, spec.block_k)
-    k_pos_K = k_pos_ref[keys]
-    mask = tiles.visible(q_pos_Q, k_pos_K, q_seg_Q, k_seg_ref[keys], causal=spec.causal)
+    keys = layout.slice(j, spec.block_k)
+    k_pos_K = layout.read_tile(k_pos_ref, j, spec.block_k)
+    k_seg_K = layout.read_tile(k_seg_ref, j, spec.block_k)
+    mask = tiles.visible(q_pos_Q, k_pos_K, q_seg_Q, k_seg_K, causal=spec.causal)
 
     def update(carry):
       m_Q, l_Q, acc_QD = carry
       v_KD = v_ref[keys, :]
       s = tiles.dot_qk(q_QD, k_ref[keys, :]) * spec.scale
-      s = s + tiles.bias(spec.split, residuals, q_pos_Q, k_pos_K, residual_refs)
+      s = s + tiles.bias(spec.split, residuals, q_pos_Q, k_pos_K,
+                         layout.lookup_refs(residual_refs))
       s = jnp.where(mask, s, tiles.NEG)
       m_new = jnp.maximum(m_Q, jnp.max(s, axis=1))
       p = jnp.where(mask, jnp.exp(s - m_new[:, None]), 0.0)
@@ -57,33 +60,34 @@ def _kernel(spec: KernelSpec, q_ref, k_ref, v_ref, q_pos_ref, k_pos_ref, q_seg_r
   seen = l_Q > 0
   o_ref[...] = jnp.where(seen[:, None], acc_QD / jnp.where(seen, l_Q, 1.0)[:, None],
                          0.0).astype(o_ref.dtype)
-  lse_ref[...] = jnp.where(seen, m_Q + jnp.log(jnp.where(seen, l_Q, 1.0)), 0.0)
+  layout.write(lse_ref, jnp.where(seen, m_Q + jnp.log(jnp.where(seen, l_Q, 1.0)), 0.0))
 
 
-def forward(spec: KernelSpec, q_BQHD, k_BKGD, v_BKGD, q_pos_BQ, k_pos_BK, q_seg_BQ, k_seg_BK,
-            residuals):
-  """`(out_BQHD, lse_BHQ)`; Q and K must be multiples of the tile sizes; `residuals` are the
-  score_mod's per-head residuals `[H, ...]` (see `hoist`)."""
-  batch, q_len, heads, head_dim = q_BQHD.shape
-  k_len = k_BKGD.shape[1]
-  bq, r = spec.block_q, spec.repeats
+def forward(spec: KernelSpec, q, k, v, q_pos, k_pos, q_seg, k_seg, residuals):
+  """`(out, lse)` in `spec.layout`'s form (q `[B, Q, H, D]` or `[B, H, Q, D]`, k/v with G heads,
+  rows as `layout.rows`, residuals `[H, ...]` as `layout.residual`; lse float32 as
+  `layout.head_rows` of `[B, H, Q]`). Q and K must be multiples of the tile sizes."""
+  layout = spec.layout
+  batch, heads, head_dim = q.shape[0], q.shape[layout.head_axis], q.shape[-1]
+  q_len, k_len = q.shape[layout.length_axis], k.shape[layout.length_axis]
+  bq, bk, r = spec.block_q, spec.block_k, spec.repeats
   grid = (batch, heads, q_len // bq)
   in_specs = [
-      pl.BlockSpec((None, bq, None, head_dim), lambda b, h, i: (b, i, h, 0)),
-      pl.BlockSpec((None, k_len, None, head_dim), lambda b, h, i: (b, 0, h // r, 0)),
-      pl.BlockSpec((None, k_len, None, head_dim), lambda b, h, i: (b, 0, h // r, 0)),
-      pl.BlockSpec((None, bq), lambda b, h, i: (b, i)),
-      pl.BlockSpec((None, k_len), lambda b, h, i: (b, 0)),
-      pl.BlockSpec((None, bq), lambda b, h, i: (b, i)),
-      pl.BlockSpec((None, k_len), lambda b, h, i: (b, 0)),
+      layout.heads_block(bq, head_dim, lambda b, h, i: (b, i, h)),
+      layout.heads_block(k_len, head_dim, lambda b, h, i: (b, 0, h // r)),
+      layout.heads_block(k_len, head_dim, lambda b, h, i: (b, 0, h // r)),
+      layout.row_tile(bq, 1, lambda b, h, i: (b, i)),
+      layout.row_all(k_len, bk, 1, lambda b, h, i: (b,)),
+      layout.row_tile(bq, 1, lambda b, h, i: (b, i)),
+      layout.row_all(k_len, bk, 1, lambda b, h, i: (b,)),
   ] + head_specs(residuals)
   out_specs = [
-      pl.BlockSpec((None, bq, None, head_dim), lambda b, h, i: (b, i, h, 0)),
-      pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i)),
+      layout.heads_block(bq, head_dim, lambda b, h, i: (b, i, h)),
+      layout.row_tile(bq, 2, lambda b, h, i: (b, h, i)),
   ]
-  out_shape = [jax.ShapeDtypeStruct(q_BQHD.shape, q_BQHD.dtype),
-               jax.ShapeDtypeStruct((batch, heads, q_len), jnp.float32)]
+  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype),
+               jax.ShapeDtypeStruct(layout.head_rows_shape(batch, heads, q_len, bq), jnp.float32)]
   kernel = lambda *refs: _kernel(spec, *refs)
   return spec.call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs,
                    out_shape=out_shape, head_dim=head_dim)(
-                       q_BQHD, k_BKGD, v_BKGD, q_pos_BQ, k_pos_BK, q_seg_BQ, k_seg_BK, *residuals)
+                       q, k, v, q_pos, k_pos, q_seg, k_seg, *residuals)

@@ -106,15 +106,25 @@ def _select_lookup(table_N, index):
   return out
 
 
+def _float_iota(params):
+  """A floating iota (Sandwich's `arange` of frequencies) as an integer iota converted: Mosaic
+  (TPU) has integer iotas only. The same values; Triton's iota is integer anyway."""
+  iota = jax.lax.broadcasted_iota(jnp.int32, params["shape"], params["dimension"])
+  return iota.astype(params["dtype"])
+
+
 def _evaluate(jaxpr, consts, args, lookups):
   """`jax.core.eval_jaxpr`, with vector lookups rewritten (see the module docstring): from the
-  ref in `lookups` when the table is one of the jaxpr's inputs given there, else as selects."""
+  ref in `lookups` when the table is one of the jaxpr's inputs given there, else as selects;
+  and floating iotas as integer ones."""
   env = dict(zip(jaxpr.constvars, consts))
   env.update(zip(jaxpr.invars, args))
   read = lambda v: v.val if isinstance(v, jex.Literal) else env[v]
   for eqn in jaxpr.eqns:
     invals = [read(v) for v in eqn.invars]
-    if _is_vector_lookup(eqn):
+    if eqn.primitive is jax.lax.iota_p and jnp.issubdtype(eqn.params["dtype"], jnp.floating):
+      outvals = [_float_iota(eqn.params)]
+    elif _is_vector_lookup(eqn):
       table, index = eqn.invars[0], invals[1][..., 0]
       from_ref = isinstance(table, jex.Var) and table in lookups
       outvals = [lookups[table][index] if from_ref else _select_lookup(invals[0], index)]

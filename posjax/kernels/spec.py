@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Union
 
 from jax.experimental import pallas as pl
 
 from posjax.kernels.hoist import SplitScoreMod
+from posjax.kernels.layout import BHLD, BLHD, triton_options  # noqa: F401 (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,9 +17,11 @@ class KernelSpec:
   """Static kernel configuration (nothing here is traced).
 
   `split` is the score_mod split at this spec's tiles (None: no bias); its residuals arrive as
-  `[H, *shape]` arrays, one head per program. `repeats` = query heads per key/value head
-  (grouped-query attention: query head h reads key/value head h // repeats). `interpret` runs
-  the kernels through Pallas' interpreter (CPU).
+  `[H, *shape]` arrays (in `layout`'s form), one head per program. `repeats` = query heads per
+  key/value head (grouped-query attention: query head h reads key/value head h // repeats).
+  `layout` is the platform's block layout (`BLHD`: GPU / Triton, `BHLD`: TPU / Mosaic).
+  `interpret` runs the kernels through Pallas' interpreter on CPU (for `BHLD`, the TPU
+  interpreter, which simulates Mosaic's memory semantics).
   """
 
   split: Optional[SplitScoreMod]
@@ -28,26 +31,20 @@ class KernelSpec:
   block_k: int
   repeats: int
   interpret: bool
+  layout: Union[BLHD, BHLD] = BLHD()
 
   def call(self, kernel, *, grid, in_specs, out_specs, out_shape, head_dim: int):
-    """`pl.pallas_call` through the interpreter, or compiled with the Triton lowering.
+    """`pl.pallas_call` through the interpreter, or compiled for the layout's platform.
 
-    Triton is chosen explicitly by its compiler parameters: without them, this JAX version
-    lowers `pallas_call` on GPU with Mosaic GPU, which this kernel's layouts do not target.
+    On GPU, Triton is chosen explicitly by its compiler parameters: without them, this JAX
+    version lowers `pallas_call` on GPU with Mosaic GPU, which this kernel's layouts do not
+    target. On TPU, every grid axis is parallel (each program writes its own blocks).
     """
-    compiler_params = None
-    if not self.interpret:
-      from jax.experimental.pallas import triton as plgpu  # imported only when compiling
-      compiler_params = plgpu.CompilerParams(**triton_options(head_dim))
+    compiler_params = None if self.interpret else self.layout.compiler_params(head_dim)
+    interpret = self.layout.interpret_params() if self.interpret else False
     return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs,
                           out_shape=out_shape, compiler_params=compiler_params,
-                          interpret=self.interpret)
-
-
-def triton_options(head_dim: int) -> dict[str, int]:
-  """Triton's launch options for a head dimension: 4 warps (128 threads) per program for D <= 64,
-  8 above; two pipeline stages."""
-  return {"num_warps": 4 if head_dim <= 64 else 8, "num_stages": 2}
+                          interpret=interpret)
 
 
 def head_specs(residuals) -> list[pl.BlockSpec]:
