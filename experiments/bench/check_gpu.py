@@ -2,6 +2,8 @@
 
   python -m experiments.bench.check_gpu           # GPU sizes: L=1024, D=64 and 128, bf16 + fp16
   python -m experiments.bench.check_gpu --smoke   # toy sizes (CPU: Pallas interpret mode)
+  python -m experiments.bench.check_gpu --platform=tpu   # the TPU (Mosaic) variant; on CPU with
+                                                         # --smoke, in Pallas' TPU interpret mode
 
 For every scheme, causal and bidirectional, the fused kernel runs in half precision on packed
 inputs with padding and grouped-query heads; the reference is `xla_attention` with the bias
@@ -45,7 +47,7 @@ def _inputs(batch, seq_len, heads, groups, head_dim, dtype):
   return q, k, v, jnp.asarray(positions), jnp.asarray(segments), cotangent
 
 
-def _errors(scheme, causal, dtype, *, batch, seq_len, heads, groups, head_dim):
+def _errors(scheme, causal, dtype, *, batch, seq_len, heads, groups, head_dim, platform=None):
   score_mod = attention.score_mod_of(scheme, heads, head_dim, causal)
   params = {} if score_mod is None else score_mod.params
   q, k, v, positions, segments, cotangent = _inputs(batch, seq_len, heads, groups, head_dim,
@@ -55,7 +57,7 @@ def _errors(scheme, causal, dtype, *, batch, seq_len, heads, groups, head_dim):
 
   def fused(q, k, v, params):
     mod = None if score_mod is None else ScoreMod(score_mod.fn, params)
-    return fused_attention(q, k, v, score_mod=mod, **common)
+    return fused_attention(q, k, v, score_mod=mod, platform=platform, **common)
 
   def reference(q, k, v, params):
     extra_fn = None
@@ -97,6 +99,8 @@ def main(argv=None) -> int:
   parser.add_argument("--dtypes", default="bfloat16,float16")
   parser.add_argument("--schemes", default=",".join(SCHEMES))
   parser.add_argument("--tolerance", type=float, default=3e-2)
+  parser.add_argument("--platform", default=None, choices=("gpu", "tpu"),
+                      help="the kernel variant (default: this device's; gpu off GPU and TPU)")
   args = parser.parse_args(argv)
   shape = dict(batch=2, seq_len=args.seq_len, heads=8, groups=4)
   head_dims = [int(d) for d in args.head_dims.split(",")]
@@ -104,7 +108,8 @@ def main(argv=None) -> int:
   if args.smoke:
     shape = dict(batch=2, seq_len=48, heads=4, groups=2)
     head_dims, dtypes, schemes = [16], ["bfloat16"], ["none", "t5", "fire"]
-  print("device:", timing.device_name(), flush=True)
+  print("device:", timing.device_name(), "| kernel variant:", args.platform or "this device's",
+        flush=True)
   worst, failed = 0.0, []
   for dtype in dtypes:
     for head_dim in head_dims:
@@ -112,7 +117,8 @@ def main(argv=None) -> int:
         for causal in (True, False):
           label = f"{dtype:8s} D={head_dim:3d} {scheme:12s} causal={causal!s:5s}"
           try:
-            errors = _errors(scheme, causal, jnp.dtype(dtype), head_dim=head_dim, **shape)
+            errors = _errors(scheme, causal, jnp.dtype(dtype), head_dim=head_dim,
+                             platform=args.platform, **shape)
           except Exception as error:  # pylint: disable=broad-except
             failed.append(label)
             print(f"{label}  ERROR {type(error).__name__}: {str(error).splitlines()[0][:160]}",

@@ -159,3 +159,12 @@ def test_platform_selection():
   assert not fused_by_default()  # `auto` takes the fused kernel on a TPU only
   with pytest.raises(ValueError, match="'gpu' \\(Triton\\) or 'tpu'"):
     layouts.for_platform("rocm")
+
+
+@pytest.mark.slow
+def test_tpu_bench_commands_run_at_toy_sizes(tmp_path):
+  """The TPU commands of experiments/bench/RESULTS.md, at toy sizes in TPU interpret mode."""
+  from experiments.bench import check_gpu, check_tpu
+  assert check_tpu.main([f"--out={tmp_path}", "--smoke"]) == 0
+  assert "| t5 | fused |" in (tmp_path / "tables.md").read_text()
+  assert check_gpu.main(["--smoke", "--platform=tpu"]) == 0
