@@ -19,6 +19,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from posjax.encodings import bias
 from posjax.encodings.scheme import Scheme
 
 DEFAULT_NUM_BUCKETS = 32
@@ -98,10 +99,7 @@ def t5_score_mod(params, head: jax.Array, q_pos: jax.Array, k_pos: jax.Array, *,
   column is selected first, so that the kernel computes it once per head and looks buckets up in a
   vector (see `posjax.kernels.hoist`).
   """
-  table = params["table"]
-  if table.ndim != 2 or table.shape[0] != num_buckets:
-    raise ValueError(f"T5 table has shape {table.shape}; num_buckets={num_buckets} needs "
-                     f"[{num_buckets}, num_heads]")
+  table = _checked_table(params, num_buckets)
   relative = jnp.asarray(k_pos, jnp.int32) - jnp.asarray(q_pos, jnp.int32)
   bucket = t5_relative_bucket(relative, bidirectional=bidirectional, num_buckets=num_buckets,
                               max_distance=max_distance)
@@ -110,6 +108,34 @@ def t5_score_mod(params, head: jax.Array, q_pos: jax.Array, k_pos: jax.Array, *,
     return table[:, head][bucket]
   return table[bucket, head]
 
+
+def t5_bias_all_heads(params, num_heads: int, q_pos_BQ: jax.Array, k_pos_BK: jax.Array, *,
+                      bidirectional: bool = False, num_buckets: int = DEFAULT_NUM_BUCKETS,
+                      max_distance: int = DEFAULT_MAX_DISTANCE, **_) -> jax.Array:
+  """`t5_score_mod` for heads 0..num_heads-1 at once: `bias_BHQK`, the same values.
+
+  Each (query, key) looks up its bucket's whole table row (all heads), instead of one scalar per
+  head: a gather of B·Q·K rows rather than B·H·Q·K scalars, and a row scatter-add in the
+  backward pass. `posjax.encodings.materialize_bias` uses it.
+  """
+  table = _checked_table(params, num_buckets)
+  relative_BQK = (jnp.asarray(k_pos_BK, jnp.int32)[:, None, :]
+                  - jnp.asarray(q_pos_BQ, jnp.int32)[:, :, None])
+  bucket_BQK = t5_relative_bucket(relative_BQK, bidirectional=bidirectional,
+                                  num_buckets=num_buckets, max_distance=max_distance)
+  bias_BQKH = jnp.take(table[:, :num_heads], bucket_BQK, axis=0, mode="clip")
+  return jnp.moveaxis(bias_BQKH, -1, 1)
+
+
+def _checked_table(params, num_buckets: int) -> jax.Array:
+  table = params["table"]
+  if table.ndim != 2 or table.shape[0] != num_buckets:
+    raise ValueError(f"T5 table has shape {table.shape}; num_buckets={num_buckets} needs "
+                     f"[{num_buckets}, num_heads]")
+  return table
+
+
+bias.ALL_HEADS_FORMS[t5_score_mod] = t5_bias_all_heads
 
 SCHEMES = (
     Scheme(

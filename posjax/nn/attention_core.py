@@ -9,15 +9,18 @@ where `extra` is what the positional hooks add (bias and content terms) and the 
 for query i when both are in the same non-padding segment and, if causal, k_pos ≤ q_pos. Masks use
 the explicit positions, not array indices, so a KV cache, packing and randomized positions all work.
 
-`extra_fn(q_BcHD, q_pos_BQc) -> [B, H, Qc, K] | None` evaluates the positional terms for a block of
-queries against all keys; the chunked backend calls it per block, so evaluating at 32× the training
-length never builds a full `[B, H, L, L]` array.
+`extra_fn(q_BcHD, q_pos_BQc, keys=None) -> [B, H, Qc, Kc] | None` evaluates the positional terms
+for a block of queries against the keys it was made for (`keys=None`) or against a block of them
+(`keys`: a `Keys` of the block's keys and positions). The chunked backend calls it per block of
+queries and keys, so evaluating at 32× the training length never builds a full `[B, H, L, L]`
+array. A two-argument `extra_fn` (all keys only) serves the xla and cudnn backends.
 
-`value_fn(probs_BHQcK, q_pos_BQc) -> [B, Qc, H, D]` is a positional term on the output side (Shaw
-et al.'s relative values): it is added to Σ_j probs · v_j, per block of queries like `extra_fn`.
-It needs the probabilities themselves, so only the backends that form them (xla, chunked) take it.
-`attention_probs` is the one implementation of logits, mask and softmax; those backends and
-`Attention.weights` all use it.
+`value_fn(probs_BHQcKc, q_pos_BQc, keys=None) -> [B, Qc, H, D]` is a positional term on the output
+side (Shaw et al.'s relative values): it is added to Σ_j probs · v_j, per block like `extra_fn`.
+It must be linear in `probs` (the chunked backend hands it unnormalized blocks and rescales the
+sum). It needs the probabilities themselves, so only the backends that form them (xla, chunked)
+take it. `attention_probs` is the one implementation of logits, mask and softmax of the xla
+backend and `Attention.weights`; the chunked backend computes the same softmax blockwise.
 
 The `fused` backend (`posjax.kernels`) takes the bias hook itself instead, as a `ScoreMod`, and
 evaluates it per tile inside a Pallas flash-attention kernel; it serves schemes whose only extra
@@ -27,17 +30,29 @@ logits are a bias (ALiBi, T5, KERPLE, Sandwich, FIRE) and schemes with none (NoP
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
 from posjax.kernels import ScoreMod, fused_attention
 
-ExtraFn = Callable[[jax.Array, jax.Array], Optional[jax.Array]]
-ValueFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+class Keys(NamedTuple):
+  """A block of keys, in the form the positional hooks take them: `k_BKGD` as attention sees
+  them (after any rotation) and their positions."""
+  k_BKGD: jax.Array
+  pos_BK: jax.Array
+
+
+ExtraFn = Callable[..., Optional[jax.Array]]  # (q_BQHD, q_pos_BQ, keys=None) -> [B, H, Q, K]
+ValueFn = Callable[..., jax.Array]  # (probs_BHQK, q_pos_BQ, keys=None) -> [B, Q, H, D]
 BACKENDS = ("auto", "xla", "chunked", "cudnn", "fused")
 BACKENDS_WITHOUT_PROBS = ("cudnn", "fused")  # they never form the probabilities: no `value_fn`
+# `auto` takes the chunked backend from Q·K of this many elements: on CPU it is faster than xla
+# from L = 1024 (experiments/bench/RESULTS.md, "CPU"); elsewhere from beyond 2048².
+CHUNKED_FROM_ELEMENTS = {"cpu": 1024 * 1024}
+CHUNKED_FROM_ELEMENTS_DEFAULT = 2048 * 2048 + 1
 
 
 def attention_mask(q_pos_BQ, k_pos_BK, q_seg_BQ, k_seg_BK, *, causal: bool) -> jax.Array:
@@ -49,19 +64,42 @@ def attention_mask(q_pos_BQ, k_pos_BK, q_seg_BQ, k_seg_BK, *, causal: bool) -> j
 
 
 def _grouped_logits(q_BQHD, k_BKGD):
-  batch, q_len, heads, dim = q_BQHD.shape
-  groups = k_BKGD.shape[2]
-  q = q_BQHD.reshape(batch, q_len, groups, heads // groups, dim)
-  logits = jnp.einsum("bqgrd,bkgd->bgrqk", q, k_BKGD, preferred_element_type=jnp.float32)
-  return logits.reshape(batch, heads, q_len, k_BKGD.shape[1])
+  """float32 `[B, H, Q, K]` q · k; query head h reads key head h // R (R = H // G).
+
+  The R query heads of a group are folded into the query axis, so that this is one batched
+  matmul per (batch, key head) whose output already has the `[B, H, Q, K]` layout: written as a
+  5-D grouped einsum instead, XLA:CPU transposes the whole logits array (and materializes extra
+  `[B, H, Q, K]` buffers in the backward pass).
+  """
+  batch, q_len, heads, _ = q_BQHD.shape
+  k_len, groups = k_BKGD.shape[1], k_BKGD.shape[2]
+  logits = jnp.einsum("bgmd,bkgd->bgmk", _fold_heads(q_BQHD, groups), k_BKGD,
+                      preferred_element_type=jnp.float32)
+  return logits.reshape(batch, heads, q_len, k_len)
 
 
-def _grouped_values(probs_BHQK, v_BKGD):
+def _grouped_values(probs_BHQK, v_BKGD, dtype=None):
+  """`[B, Q, H, D]` Σ_k probs · v (probs cast to v's dtype), in `dtype` (default v's); query
+  head h reads value head h // R, folded as in `_grouped_logits`."""
   batch, heads, q_len, k_len = probs_BHQK.shape
-  groups = v_BKGD.shape[2]
-  probs = probs_BHQK.reshape(batch, groups, heads // groups, q_len, k_len)
-  out = jnp.einsum("bgrqk,bkgd->bqgrd", probs.astype(v_BKGD.dtype), v_BKGD)
-  return out.reshape(batch, q_len, heads, v_BKGD.shape[-1])
+  groups, dim = v_BKGD.shape[2], v_BKGD.shape[3]
+  probs_BGMK = probs_BHQK.astype(v_BKGD.dtype).reshape(batch, groups, -1, k_len)
+  out_BGMD = jnp.einsum("bgmk,bkgd->bgmd", probs_BGMK, v_BKGD, preferred_element_type=dtype)
+  return _unfold_heads(out_BGMD, heads, q_len)
+
+
+def _fold_heads(x_BQHD, groups: int):
+  """`[B, G, R·Q, D]`: the R = H / G heads of each group stacked along the query axis."""
+  batch, q_len, heads, dim = x_BQHD.shape
+  x = x_BQHD.reshape(batch, q_len, groups, heads // groups, dim)
+  return jnp.transpose(x, (0, 2, 3, 1, 4)).reshape(batch, groups, -1, dim)
+
+
+def _unfold_heads(x_BGMD, heads: int, q_len: int):
+  """The inverse of `_fold_heads`: `[B, Q, H, D]`."""
+  batch, groups, _, dim = x_BGMD.shape
+  x = x_BGMD.reshape(batch, groups, heads // groups, q_len, dim)
+  return jnp.transpose(x, (0, 3, 1, 2, 4)).reshape(batch, q_len, heads, dim)
 
 
 def attention_probs(q_BQHD, k_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_BQ, k_seg_BK, causal, scale,
@@ -97,29 +135,119 @@ def xla_attention(q_BQHD, k_BKGD, v_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_BQ, k_seg
 def chunked_attention(q_BQHD, k_BKGD, v_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_BQ, k_seg_BK, causal,
                       scale, extra_fn: Optional[ExtraFn] = None,
                       value_fn: Optional[ValueFn] = None, chunk_size: int = 512):
-  """`xla_attention` over blocks of `chunk_size` queries in sequence: memory O(chunk · K)."""
-  batch, q_len = q_BQHD.shape[:2]
+  """The softmax of `xla_attention` over blocks of `chunk_size` queries × `chunk_size` keys.
+
+  Memory O(chunk · (Q + K)) instead of O(Q · K). Each block of queries runs an online softmax
+  (Milakov & Gimelshein 2018) over the blocks of keys, and skips every key block that none of its
+  queries can see: for a causal model the blocks past the diagonal, about half the work. Skipping
+  is decided from the actual positions and segments (`_visible_blocks`), so KV-cache offsets,
+  packing, padding and randomized positions skip exactly what their mask hides. Results equal
+  `xla_attention`'s to float rounding. Up to `chunk_size` queries (a decode step, say) go to
+  `xla_attention` whole.
+  """
+  q_len, k_len = q_BQHD.shape[1], k_BKGD.shape[1]
   if q_len <= chunk_size:
     return xla_attention(q_BQHD, k_BKGD, v_BKGD, q_pos_BQ=q_pos_BQ, k_pos_BK=k_pos_BK,
                          q_seg_BQ=q_seg_BQ, k_seg_BK=k_seg_BK, causal=causal, scale=scale,
                          extra_fn=extra_fn, value_fn=value_fn)
-  num_chunks = -(-q_len // chunk_size)
-  pad = num_chunks * chunk_size - q_len
+  q_chunk, k_chunk = chunk_size, min(chunk_size, k_len)
+  q_blocks = [_blocks(x, q_chunk) for x in (q_BQHD, q_pos_BQ, q_seg_BQ)]
+  k_blocks = [_blocks(x, k_chunk) for x in (k_BKGD, v_BKGD, k_pos_BK, k_seg_BK)]
+  visible_NqNk = _visible_blocks(*q_blocks[1:], *k_blocks[2:], causal=causal)
 
-  def blocks(x):
-    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-    x = x.reshape((batch, num_chunks, chunk_size) + x.shape[2:])
-    return jnp.moveaxis(x, 1, 0)
+  def one_query_block(args):
+    q, q_pos, q_seg, visible_Nk = args
+    return _attend_key_blocks(q, q_pos, q_seg, k_blocks, visible_Nk, causal=causal, scale=scale,
+                              extra_fn=extra_fn, value_fn=value_fn).astype(v_BKGD.dtype)
 
-  def one_block(args):
-    q, q_pos, q_seg = args
-    return xla_attention(q, k_BKGD, v_BKGD, q_pos_BQ=q_pos, k_pos_BK=k_pos_BK, q_seg_BQ=q_seg,
-                         k_seg_BK=k_seg_BK, causal=causal, scale=scale, extra_fn=extra_fn,
-                         value_fn=value_fn)
+  out_NBCHD = jax.lax.map(one_query_block, (*q_blocks, visible_NqNk))
+  out_BQHD = jnp.moveaxis(out_NBCHD, 0, 1).reshape((q_BQHD.shape[0], -1) + out_NBCHD.shape[3:])
+  return out_BQHD[:, :q_len]
 
-  out = jax.lax.map(one_block, (blocks(q_BQHD), blocks(q_pos_BQ), blocks(q_seg_BQ)))
-  out = jnp.moveaxis(out, 0, 1).reshape((batch, num_chunks * chunk_size) + out.shape[3:])
-  return out[:, :q_len]
+
+def _blocks(x_BL, size: int):
+  """`[N, B, size, ...]`: x split along axis 1 into blocks, the last one padded with zeros (for
+  segment ids: padding, never visible)."""
+  pad = -x_BL.shape[1] % size
+  x_BL = jnp.pad(x_BL, [(0, 0), (0, pad)] + [(0, 0)] * (x_BL.ndim - 2))
+  x = x_BL.reshape((x_BL.shape[0], -1, size) + x_BL.shape[2:])
+  return jnp.moveaxis(x, 1, 0)
+
+
+def _visible_blocks(q_pos_NBC, q_seg_NBC, k_pos_NBC, k_seg_NBC, *, causal: bool) -> jax.Array:
+  """`[Nq, Nk]` bool: False only where no query of block i can see any key of block j.
+
+  Conservative bounds per batch row: a key block is hidden from a query block if either holds
+  only padding, if their segment-id ranges do not overlap (packed sequences), or, when causal,
+  if its smallest key position exceeds the block's largest query position.
+  """
+  int_min, int_max = jnp.iinfo(jnp.int32).min, jnp.iinfo(jnp.int32).max
+
+  def bounds(values_NBC, real_NBC):
+    low = jnp.where(real_NBC, values_NBC, int_max).min(-1)
+    high = jnp.where(real_NBC, values_NBC, int_min).max(-1)
+    return low[..., None], high[..., None]  # [N, B, 1]: ready to pair as [Nq, B, Nk]
+
+  q_real, k_real = q_seg_NBC != 0, k_seg_NBC != 0
+  q_seg_low, q_seg_high = bounds(q_seg_NBC, q_real)
+  k_seg_low, k_seg_high = bounds(k_seg_NBC, k_real)
+  k_seg_low, k_seg_high = k_seg_low.T, k_seg_high.T  # [1, B, Nk]
+  # Padding-only blocks have low > high, so they overlap nothing.
+  visible_NqBNk = (q_seg_low <= k_seg_high) & (k_seg_low <= q_seg_high)
+  visible_NqBNk &= (q_seg_low <= q_seg_high) & (k_seg_low <= k_seg_high)
+  if causal:
+    _, q_pos_high = bounds(q_pos_NBC.astype(jnp.int32), q_real)
+    k_pos_low, _ = bounds(k_pos_NBC.astype(jnp.int32), k_real)
+    visible_NqBNk &= k_pos_low.T <= q_pos_high
+  return visible_NqBNk.any(axis=1)
+
+
+def _attend_key_blocks(q_BCHD, q_pos_BC, q_seg_BC, k_blocks, visible_Nk, *, causal, scale,
+                       extra_fn, value_fn):
+  """float32 `[B, C, H, D]` attention of one block of queries, by an online softmax over the key
+  blocks `k_blocks` = (k, v, positions, segments), each `[Nk, B, Ck, ...]`; a block whose
+  `visible_Nk` is False is skipped."""
+  batch, q_chunk, heads, _ = q_BCHD.shape
+  v_dim = k_blocks[1].shape[-1]
+
+  def add_key_block(carry, key_block):
+    max_BHC1, sum_BHC1, acc_BCHD = carry
+    k, v, k_pos, k_seg = key_block
+    logits = _grouped_logits(q_BCHD, k) * scale
+    if extra_fn is not None:
+      extra = extra_fn(q_BCHD, q_pos_BC, Keys(k, k_pos))
+      if extra is not None:
+        logits = logits + extra.astype(jnp.float32)
+    mask = attention_mask(q_pos_BC, k_pos, q_seg_BC, k_seg, causal=causal)
+    logits = jnp.where(mask, logits, -jnp.inf)
+    # The softmax does not depend on the shift, so the running maximum carries no gradient.
+    new_max = jax.lax.stop_gradient(jnp.maximum(max_BHC1, logits.max(-1, keepdims=True)))
+    shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)  # rows with nothing visible yet
+    probs = jnp.exp(logits - shift)
+    rescale_BHC1 = jnp.exp(max_BHC1 - shift)
+    out = _grouped_values(probs, v, jnp.float32)
+    if value_fn is not None:
+      out = out + value_fn(probs, q_pos_BC, Keys(k, k_pos)).astype(jnp.float32)
+    acc_BCHD = acc_BCHD * _to_BCH1(rescale_BHC1) + out
+    sum_BHC1 = sum_BHC1 * rescale_BHC1 + probs.sum(-1, keepdims=True)
+    return new_max, sum_BHC1, acc_BCHD
+
+  def step(carry, xs):
+    *key_block, visible = xs
+    carry = jax.lax.cond(visible, add_key_block, lambda carry, _: carry, carry, key_block)
+    return carry, None
+
+  init = (jnp.full((batch, heads, q_chunk, 1), -jnp.inf, jnp.float32),
+          jnp.zeros((batch, heads, q_chunk, 1), jnp.float32),
+          jnp.zeros((batch, q_chunk, heads, v_dim), jnp.float32))
+  (_, sum_BHC1, acc_BCHD), _ = jax.lax.scan(step, init, (*k_blocks, visible_Nk))
+  sum_BCH1 = _to_BCH1(sum_BHC1)
+  # A query that sees no key at all (padding) gets zeros, as in `attention_probs`.
+  return jnp.where(sum_BCH1 > 0, acc_BCHD / jnp.where(sum_BCH1 > 0, sum_BCH1, 1.0), 0.0)
+
+
+def _to_BCH1(x_BHC1):
+  return jnp.swapaxes(x_BHC1, 1, 2)
 
 
 def cudnn_attention(q_BQHD, k_BKGD, v_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_BQ, k_seg_BK, causal,
@@ -139,7 +267,10 @@ def cudnn_attention(q_BQHD, k_BKGD, v_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_BQ, k_s
 
 def resolve_backend(backend: str, *, q_len: int, k_len: int, dtype,
                     needs_probs: bool = False) -> str:
-  """`auto`: cuDNN on a GPU for half precision, query blocks for long inputs, else XLA.
+  """`auto`: cuDNN on a GPU for half precision, chunked for long inputs, else XLA.
+
+  Long means Q·K ≥ `CHUNKED_FROM_ELEMENTS` for the platform (on CPU from 1024², where chunked is
+  already faster and smaller than xla).
 
   `needs_probs` (a `value_fn`) keeps `auto` on the backends that form the probabilities.
 
@@ -158,7 +289,8 @@ def resolve_backend(backend: str, *, q_len: int, k_len: int, dtype,
   if (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
       and not needs_probs):
     return "cudnn"
-  return "chunked" if q_len * k_len > 2048 * 2048 else "xla"
+  threshold = CHUNKED_FROM_ELEMENTS.get(jax.default_backend(), CHUNKED_FROM_ELEMENTS_DEFAULT)
+  return "chunked" if q_len * k_len >= threshold else "xla"
 
 
 def dot_product_attention(q_BQHD, k_BKGD, v_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_BQ=None,

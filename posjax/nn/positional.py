@@ -101,22 +101,24 @@ class PositionalEncoding(nnx.Module):
 
   def extra_logits_fn(self, k_BKGD: jax.Array, k_pos_BK: jax.Array, *,
                       scale: float) -> Optional[attention_core.ExtraFn]:
-    """The bias and content terms as a function of a block of queries (see attention_core)."""
+    """The bias and content terms as a function of a block of queries (and, optionally, of a
+    block of these keys; see attention_core)."""
     scheme, options = self.scheme, self.options
     if scheme.score_mod is None and scheme.content is None:
       return None
     params = self._values()
     num_heads = self.num_heads
 
-    def extra_fn(q_BQHD, q_pos_BQ):
+    def extra_fn(q_BQHD, q_pos_BQ, keys: Optional[attention_core.Keys] = None):
+      k, k_pos = (k_BKGD, k_pos_BK) if keys is None else keys
       extra = None
       if scheme.score_mod is not None:
         extra = encodings.materialize_bias(scheme.score_mod, params, num_heads, q_pos_BQ,
-                                           k_pos_BK, **options).astype(jnp.float32)
+                                           k_pos, **options).astype(jnp.float32)
       if scheme.content is not None:
-        repeats = num_heads // k_BKGD.shape[2]
-        k_BKHD = jnp.repeat(k_BKGD, repeats, axis=2) if repeats > 1 else k_BKGD
-        content = scheme.content(params, q_BQHD, k_BKHD, q_pos_BQ, k_pos_BK, **options)
+        repeats = num_heads // k.shape[2]
+        k_BKHD = jnp.repeat(k, repeats, axis=2) if repeats > 1 else k
+        content = scheme.content(params, q_BQHD, k_BKHD, q_pos_BQ, k_pos, **options)
         content = content.astype(jnp.float32) * scale
         extra = content if extra is None else extra + content
       return extra
@@ -129,4 +131,9 @@ class PositionalEncoding(nnx.Module):
     if term is None:
       return None
     params = self._values()
-    return lambda probs_BHQK, q_pos_BQ: term(params, probs_BHQK, q_pos_BQ, k_pos_BK, **options)
+
+    def value_fn(probs_BHQK, q_pos_BQ, keys: Optional[attention_core.Keys] = None):
+      k_pos = k_pos_BK if keys is None else keys.pos_BK
+      return term(params, probs_BHQK, q_pos_BQ, k_pos, **options)
+
+    return value_fn

@@ -45,8 +45,8 @@ def inputs():
 def test_backend_matches_literal_definition(inputs, backend, causal):
   q, k, v, positions, segments = inputs
   kwargs = dict(q_pos_BQ=positions, k_pos_BK=positions, q_seg_BQ=segments, k_seg_BK=segments,
-                causal=causal, scale=0.3, extra_fn=lambda q_blk, pos_blk: extra_terms(
-                    q_blk, pos_blk, positions))
+                causal=causal, scale=0.3, extra_fn=lambda q_blk, pos_blk, keys=None: extra_terms(
+                    q_blk, pos_blk, positions if keys is None else keys.pos_BK))
   if backend == "jax_nn":
     out = attention_core.cudnn_attention(q, k, v, implementation="xla", **kwargs)
   else:
