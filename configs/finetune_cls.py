@@ -73,7 +73,7 @@ def get_config(arg=None):
       keep_checkpoints=1,
       best_metric="eval/macro_f1",    # the best checkpoint by this is kept and reported
       best_mode="max",
-      early_stopping_patience=3,      # evaluations without improvement before stopping (0: off)
+      early_stopping_patience=3,
       init_from="",                   # the MLM pretraining run (workdir or checkpoint)
       init_from_hf="",                # or a Hugging Face BERT directory (config.json, weights,
                                       # vocab.txt): its model config and WordPiece vocabulary

@@ -10,6 +10,7 @@ e.g. `--config.model.pe=rope --config.train.steps=2000`.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from posjax import encodings
 
@@ -51,6 +52,9 @@ def get_config(arg=None):
       name="shakespeare",             # shakespeare (embedded), text (a file or folder), or a TFDS
                                       # catalog name such as lm1b (needs the network)
       path="",                        # for name=text: a .txt file or a folder of them
+      data_dir="",                    # TFDS data directory ("": TFDS's default)
+      streaming=placeholder(bool),    # read documents as a stream (None: automatic, True for
+                                      # TFDS catalog datasets, False for shakespeare and text)
       text_key="text",                # for TFDS catalog datasets: the feature holding the text
       tokenizer="byte",               # byte, or sentencepiece / bpe trained on the training split
       vocab_size=0,                   # for a trained tokenizer; 0 for byte
@@ -77,6 +81,8 @@ def get_config(arg=None):
       checkpoint_every=500,
       keep_checkpoints=2,             # most recent checkpoints kept
       best_metric="eval/loss",        # also keep the best checkpoint by this ("" to disable)
+      best_mode="min",                # min (loss-like best_metric) or max (accuracy-like)
+      early_stopping_patience=0,      # evaluations without improvement before stopping (0: off)
       init_from="",                   # a checkpoint directory: parameters only (fine-tuning)
   ))
 

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -47,3 +48,51 @@ def test_eval_mode_without_checkpoint_is_a_clear_error(tmp_path):
   result = run_main("--config=configs/lm.py:tiny", f"--workdir={tmp_path}", "--config.mode=eval")
   assert result.returncode != 0
   assert "mode=eval needs a checkpoint" in result.stderr
+
+
+def test_eval_mode_evaluates_the_run_as_it_was_trained(tmp_path):
+  # An ALiBi run at seq_len 16, evaluated with the default config file (RoPE, seq_len 32): the
+  # run's record decides, so the numbers are those of the run's own report.
+  trained = run_main("--config=configs/lm.py:tiny,alibi", f"--workdir={tmp_path}",
+                     "--config.data.seq_len=16")
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  table = trained.stdout.split("Validation by evaluation length")[1]
+  assert "(alibi, trained at 16 tokens)" in table
+  again = run_main("--config=configs/lm.py", f"--workdir={tmp_path}", "--config.mode=eval")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.split("Validation by evaluation length")[1] == table
+  assert "the run recorded in" in again.stderr
+  # An explicit training field that contradicts the run is refused, naming it...
+  refused = run_main("--config=configs/lm.py", f"--workdir={tmp_path}", "--config.mode=eval",
+                     "--config.model.pe=rope")
+  assert refused.returncode != 0
+  assert 'model.pe: "alibi" (run) → "rope" (given)' in refused.stderr
+  # ... and so is resuming it with another config.
+  resumed = run_main("--config=configs/lm.py:tiny", f"--workdir={tmp_path}")
+  assert resumed.returncode != 0
+  assert 'model.pe: "alibi" (run) → "rope" (given)' in resumed.stderr
+  assert "data.seq_len: 16 (run) → 32 (given)" in resumed.stderr
+  # Evaluation options may differ.
+  longer = run_main("--config=configs/lm.py", f"--workdir={tmp_path}", "--config.mode=eval",
+                    "--config.eval.length_multipliers=(1,4)")
+  assert longer.returncode == 0, longer.stderr[-3000:]
+  assert "| 64 | 4 |" in longer.stdout
+
+
+def test_sigterm_saves_and_exits_0(tmp_path):
+  args = [sys.executable, "-m", "posjax.main", "--config=configs/lm.py:tiny",
+          f"--workdir={tmp_path}", "--config.train.steps=100000", "--config.train.log_every=1"]
+  process = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ))
+  try:
+    for line in process.stderr:  # wait until it trains
+      if line.startswith("step 2/"):
+        break
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+  finally:
+    process.kill()
+  assert process.returncode == 0, err[-3000:]
+  assert "stopped on SIGTERM" in err
+  steps = [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+  assert len(steps) == 1 and int(steps[0]) >= 2

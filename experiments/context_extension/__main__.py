@@ -76,9 +76,9 @@ def passkey_heatmaps(config, workdir, out_dir, run, target, methods, ft_scalings
   for method in methods:
     if method in by_label:
       scaling = by_label[method]
-      ft_config = ce.finetune_config(config, workdir, target, steps=_FT_STEPS.value,
-                                     scaling=scaling, **ft_kwargs)
-      model = extrapolation.load_run(ft_config, ce.finetune_dir(out_dir, target, scaling))
+      ft_config = extend.finetune_config(config, workdir, target, steps=_FT_STEPS.value,
+                                         scaling=scaling, **ft_kwargs)
+      model = extrapolation.load_run(ce.finetune_dir(out_dir, target, scaling), ft_config)
       scorer = extrapolation.make_scorer(model)
     elif method == "none" or method in ce.SCALINGS:
       options = ce.scaled_pe_options(run.cfg.pe, run.cfg.pe_options,
@@ -89,7 +89,7 @@ def passkey_heatmaps(config, workdir, out_dir, run, target, methods, ft_scalings
       raise app.UsageError(f"--heatmap_methods: {method!r} is not none, a scaling or one of the "
                            f"fine-tunes {sorted(by_label)}")
     rows += [{"method": r.pop("scheme"), **r} for r in passkey.passkey_grid(
-        scorer, run.experiment.tokenizer, lengths, depths, trials=_HM_TRIALS.value, name=method)]
+        scorer, run.run.tokenizer, lengths, depths, trials=_HM_TRIALS.value, name=method)]
   for method in methods:
     mine = [r for r in rows if r["method"] == method]
     grid_depths, grid_lengths, values = passkey.accuracy_matrix(mine)
@@ -110,14 +110,14 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from posjax.evaluate import context_extension as ce
   from posjax.evaluate import extrapolation
+  from posjax.run.experiment import Run
+  from posjax.train import context_extension as extend
   from posjax.train import loop
   config = ml_collections.ConfigDict(_CONFIG.value.to_dict())  # unlocked copy
   workdir = _WORKDIR.value
   out_dir = os.path.join(workdir, "context_extension")
-  experiment = loop.Experiment(config, workdir)
-  latest = experiment.checkpointer.latest_step()
-  state = experiment.train() if latest is None or latest < config.train.steps else None
-  run = extrapolation.load_run(config, workdir, state=state, experiment=experiment)
+  base = Run(config, workdir)
+  run = extrapolation.load_run(workdir, state=loop.train(base), run=base)
   targets = [int(round(run.train_len * float(t))) for t in _TARGETS.value]
   eval_kwargs = dict(passkey_trials=_PASSKEY.value, num_tokens=_TOKENS.value)
   rows = ce.evaluate_scalings(run, targets, _SCALINGS.value, **eval_kwargs)
@@ -132,9 +132,9 @@ def main(argv):
   for target in ft_targets if _FT_STEPS.value else ():
     for scaling in ft_scalings:
       ft_dir = ce.finetune_dir(out_dir, target, scaling)
-      ft_config, ft_state = ce.finetune(config, workdir, ft_dir, target, steps=_FT_STEPS.value,
-                                        scaling=scaling, **ft_kwargs)
-      ft_run = extrapolation.load_run(ft_config, ft_dir, state=ft_state)
+      ft_config, ft_state = extend.finetune(config, workdir, ft_dir, target,
+                                            steps=_FT_STEPS.value, scaling=scaling, **ft_kwargs)
+      ft_run = extrapolation.load_run(ft_dir, ft_config, state=ft_state)
       rows += ce.evaluate_scalings(ft_run, [target], (), method_label=finetune_label(scaling),
                                    base_len=run.train_len, **eval_kwargs)
       logging.info("fine-tune %s at %d done", finetune_label(scaling), target)

@@ -49,10 +49,10 @@ def logits_fn(run, pe_options):
   import jax.numpy as jnp
   from flax import nnx
   from posjax import models
-  from posjax.train import steps
+  from posjax.run import steps
   cfg = run.cfg.replace(pe_options=pe_options, attention_backend="chunked")
   _, graphdef, _, _ = steps.split_model(
-      nnx.eval_shape(lambda: models.build(run.experiment.family, cfg, seed=run.config.seed)))
+      nnx.eval_shape(lambda: models.build(run.run.family, cfg, seed=run.config.seed)))
 
   @jax.jit
   def forward(params, rest, batch):
@@ -101,10 +101,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from posjax.evaluate import context_extension as ce
   from posjax.evaluate import extrapolation, report
+  from posjax.train import context_extension as extend
   config = ml_collections.ConfigDict(_CONFIG.value.to_dict())
   workdir = _WORKDIR.value
   out_dir = os.path.join(workdir, "context_extension")
-  run = extrapolation.load_run(config, workdir)
+  run = extrapolation.load_run(workdir, config)
   lengths = [int(round(run.train_len * float(m))) for m in _MULT.value]
   factor = max(lengths) / run.train_len
   rows = []
@@ -112,7 +113,7 @@ def main(argv):
     options = ce.scaled_pe_options(run.cfg.pe, run.cfg.pe_options,
                                    None if method == "none" else method, factor, run.train_len)
     call = logits_fn(run, options)
-    rows += [{"method": method, **probe(call, run.experiment.tokenizer, n, _TRIALS.value)}
+    rows += [{"method": method, **probe(call, run.run.tokenizer, n, _TRIALS.value)}
              for n in lengths]
   for name in _FINETUNES.value:
     target = int(name.split("_")[1])
@@ -122,10 +123,10 @@ def main(argv):
       kwargs["learning_rate"] = _FT_LR.value
     if _FT_BATCH.value:
       kwargs["global_batch_size"] = _FT_BATCH.value
-    ft_config = ce.finetune_config(config, workdir, target, scaling=scaling, **kwargs)
-    ft_run = extrapolation.load_run(ft_config, os.path.join(out_dir, name))
+    ft_config = extend.finetune_config(config, workdir, target, scaling=scaling, **kwargs)
+    ft_run = extrapolation.load_run(os.path.join(out_dir, name), ft_config)
     call = logits_fn(ft_run, ft_run.cfg.pe_options)
-    rows += [{"method": name, **probe(call, run.experiment.tokenizer, n, _TRIALS.value)}
+    rows += [{"method": name, **probe(call, run.run.tokenizer, n, _TRIALS.value)}
              for n in lengths]
   report.write_csv(os.path.join(out_dir, "passkey_probe.csv"), rows)
   md = report.write_markdown(os.path.join(out_dir, "passkey_probe.md"), rows,

@@ -3,7 +3,7 @@
   python -m experiments.extrapolation --schemes=nope,sinusoidal,rope,alibi --workdir=runs/sweep \
       [--config=configs/lm.py] [--config.train.steps=500 ...] [--multipliers=1,2,4,8,16,32]
 
-Each scheme trains in `<workdir>/<scheme>` through `posjax.train.loop.Experiment` (the config
+Each scheme trains in `<workdir>/<scheme>` through `posjax.train.loop.train` (the config
 with `model.pe` set to the scheme; a run whose checkpoint has reached `train.steps` is not
 retrained, an unfinished one resumes), then `posjax.evaluate.extrapolation` writes its
 `<workdir>/<scheme>/extrapolation/` report. The sweep writes `comparison.csv`, `comparison.md`
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 import ml_collections
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/lm.py", "Base run config.")
@@ -35,18 +35,14 @@ def scheme_config(base, scheme: str) -> ml_collections.ConfigDict:
 
 
 def train_and_evaluate(config, workdir: str, **eval_kwargs):
-  """Train the run (unless done), then evaluate it by length; returns the result."""
+  """Train the run (or resume it; a finished run is only restored), then evaluate it by length;
+  returns the result."""
   from posjax.evaluate import extrapolation
+  from posjax.run.experiment import Run
   from posjax.train import loop
-  experiment = loop.Experiment(config, workdir)
-  latest = experiment.checkpointer.latest_step()
-  state = None
-  if latest is None or latest < config.train.steps:
-    state = experiment.train()
-  else:
-    logging.info("%s: checkpoint at step %d, not retraining", workdir, latest)
-  result, _ = extrapolation.run_extrapolation(config, workdir, state=state,
-                                              experiment=experiment, **eval_kwargs)
+  run = Run(config, workdir)
+  state = loop.train(run)
+  result, _ = extrapolation.run_extrapolation(workdir, state=state, run=run, **eval_kwargs)
   return result
 
 

@@ -20,7 +20,7 @@ import json
 import os
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
 CONFIGS = {"cls": "configs/finetune_cls.py", "ner": "configs/finetune_ner.py"}
 SCORE = {"cls": ("macro_f1", "macro-F1"), "ner": ("entity_f1", "entity F1")}
@@ -41,15 +41,11 @@ def _overrides(pairs: list[str]) -> dict:
 
 def pretrain(scheme: str, workdir: str, overrides: dict, *, tiny: bool = False) -> str:
   from posjax.configs import load_config
+  from posjax.run.experiment import Run
   from posjax.train import loop
   config = load_config(f"configs/mlm.py:{scheme}{',tiny' if tiny else ''}", **overrides)
   config.mode = "train"
-  experiment = loop.Experiment(config, workdir)
-  latest = experiment.checkpointer.latest_step()
-  if latest is None or latest < config.train.steps:
-    experiment.train()
-  else:
-    logging.info("%s: pretrained to step %d, not retraining", workdir, latest)
+  loop.train(Run(config, workdir))  # a finished run is only restored
   return workdir
 
 
@@ -61,14 +57,16 @@ def finetune(task: str, scheme: str, method: str, workdir: str, init_from: str,
     with open(path) as f:
       return json.load(f)
   from posjax.configs import load_config
+  from posjax.evaluate import run_report
+  from posjax.run.experiment import Run
   from posjax.train import loop
   config = load_config(f"{CONFIGS[task]}:{scheme},{method}{',tiny' if tiny else ''}",
                        **{"train.init_from": os.path.abspath(init_from), **overrides})
   start = time.perf_counter()
-  experiment = loop.Experiment(config, workdir)
-  state = experiment.train()
+  run = Run(config, workdir)
+  state = loop.train(run)
   train_seconds = time.perf_counter() - start
-  experiment.report(state)
+  run_report.report(run, state)
   with open(path) as f:
     summary = json.load(f)
   summary.update(train_seconds=train_seconds, steps_run=int(state.step))

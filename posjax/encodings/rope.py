@@ -357,6 +357,17 @@ def _rotate(x_BLHD: jax.Array, positions_BL: jax.Array, *, is_key: bool, base: f
   return apply_rope(x_BLHD, positions_BL, inv_freq, layout=layout, scale=attention_scale)
 
 
+def _check_options(*, base, scaling, rotary_fraction, layout, **_) -> None:
+  """The `check` hook: every option value, before anything is traced."""
+  check_scaling(scaling)
+  if isinstance(base, bool) or not isinstance(base, (int, float)) or base <= 1:
+    raise ValueError(f"RoPE base must be a number > 1, got {base!r}")
+  if isinstance(rotary_fraction, bool) or not 0 < rotary_fraction <= 1:
+    raise ValueError(f"RoPE rotary_fraction must be a number in (0, 1], got {rotary_fraction!r}")
+  if layout not in LAYOUTS:
+    raise ValueError(f"unknown RoPE layout {layout!r}; use one of {LAYOUTS}")
+
+
 SCHEMES = (
     Scheme(
         name="rope",
@@ -367,5 +378,6 @@ SCHEMES = (
         defaults={"base": 10000.0, "scaling": None, "rotary_fraction": 1.0, "layout": "half",
                   "seq_len": None},
         rotate=_rotate,
+        check=_check_options,
     ),
 )

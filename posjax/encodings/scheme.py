@@ -18,6 +18,9 @@ caller, as keyword arguments and ignores the ones it does not need):
       (the `bias` hook).
   content(params, q_BQHD, k_BKHD, q_pos_BQ, k_pos_BK, **options) -> logits_BHQK
       extra logits that mix content and relative position (the `content` hook).
+  check(**options) -> None
+      raises ValueError for invalid option values (a RoPE scaling's factor, say), so that configs
+      fail before anything is traced; `options()` calls it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Scheme:
   rotate: Optional[Callable[..., Any]] = None
   score_mod: Optional[Callable[..., Any]] = None
   content: Optional[Callable[..., Any]] = None
+  check: Optional[Callable[..., None]] = None
 
   def __post_init__(self):
     object.__setattr__(self, "defaults", types.MappingProxyType(dict(self.defaults)))
@@ -57,10 +61,13 @@ class Scheme:
     return frozenset(h for h in HOOKS if fns[h] is not None)
 
   def options(self, **overrides) -> dict[str, Any]:
-    """`defaults` with `overrides` applied; an unknown option is an error, not ignored."""
+    """`defaults` with `overrides` applied; an unknown option or an invalid value is an error."""
     unknown = sorted(set(overrides) - set(self.defaults))
     if unknown:
       raise ValueError(
           f"scheme {self.name!r} has no option(s) {unknown}; its options are "
           f"{sorted(self.defaults) or 'none'}")
-    return {**self.defaults, **overrides}
+    options = {**self.defaults, **overrides}
+    if self.check is not None:
+      self.check(**options)
+    return options

@@ -24,7 +24,7 @@ Long windows use the `chunked` attention backend (query blocks; memory O(chunk Â
 fits on a CPU for the default model. A scheme with a position table (`learned`, `max_len`) cannot
 read past it: those lengths are skipped, with a note in the report, rather than failing.
 
-  run = load_run(config, workdir)              # the latest checkpoint of a trained run
+  run = load_run(workdir)                      # the latest checkpoint of a trained run
   result = evaluate_lengths(run, multipliers=(1, 2, 4, 8, 16, 32))
   write_report(result, f"{workdir}/extrapolation")
 """
@@ -44,7 +44,9 @@ from flax import nnx
 
 from posjax import data, encodings, models
 from posjax.evaluate import report
-from posjax.train import sharding, steps
+from posjax.run import sharding, steps
+from posjax.run.experiment import Run
+from posjax.run.record import AllowChanges
 
 DEFAULT_MULTIPLIERS = (1, 2, 4, 8, 16, 32)
 PROTOCOLS = ("windows", "sliding")
@@ -55,19 +57,23 @@ PROTOCOLS = ("windows", "sliding")
 
 @dataclasses.dataclass
 class RunModel:
-  """A trained run ready to score: its `Experiment`, parameters and other model state."""
-  experiment: Any           # posjax.train.loop.Experiment
-  params: Any               # pure dict of parameter arrays (sharded on experiment.mesh)
+  """A trained run ready to score: its `Run`, parameters and other model state."""
+  run: Run
+  params: Any               # pure dict of parameter arrays (sharded on run.mesh)
   rest: Any                 # pure dict of the model's other state
   step: int
 
   @property
   def config(self):
-    return self.experiment.config
+    return self.run.config
 
   @property
   def cfg(self) -> models.TransformerConfig:
-    return self.experiment.cfg
+    return self.run.cfg
+
+  @property
+  def tokenizer(self):
+    return self.run.tokenizer
 
   @property
   def train_len(self) -> int:
@@ -78,25 +84,27 @@ class RunModel:
     return self.cfg.pe
 
 
-def load_run(config, workdir: str, *, step: Optional[int] = None, state=None,
-             experiment=None) -> RunModel:
-  """The run of `config` in `workdir` at checkpoint `step` (default: the latest).
+def load_run(workdir: str, config=None, *, step: Optional[int] = None, state=None,
+             run: Optional[Run] = None, allow_changes: AllowChanges = False) -> RunModel:
+  """The run in `workdir` at checkpoint `step` (default: the latest), as it was trained.
 
-  Pass `state` (a `TrainState`, e.g. just returned by `Experiment.train`) to skip restoring, and
-  `experiment` to reuse the run's `Experiment`. Raises `ValueError` when the workdir holds no
-  checkpoint.
+  Without `config`, the run's recorded config; a `config` must agree with the record in its
+  training fields (see `posjax.run.record`; `allow_changes` names those that may differ). Pass
+  `state` (e.g. just returned by `posjax.train.loop.train`) to skip restoring, and `run` to reuse
+  a `Run`. Raises `ValueError` when the workdir holds no checkpoint.
   """
-  from posjax.train import loop  # the loop imports the data pipeline and Orbax: only when used
-  if config.model.family != "decoder":
+  if run is None:
+    run = (Run.from_workdir(workdir, allow_changes=allow_changes) if config is None
+           else Run(config, workdir, allow_changes=allow_changes))
+  if run.config.model.family != "decoder":
     raise ValueError(f"length extrapolation scores next-token loss: it needs a decoder run, not "
-                     f"model.family={config.model.family!r}")
-  experiment = experiment or loop.Experiment(config, workdir)
+                     f"model.family={run.config.model.family!r}")
   if state is None:
-    if experiment.checkpointer.latest_step() is None:
+    if run.checkpointer.latest_step() is None:
       raise ValueError(f"{workdir} has no checkpoint to evaluate: train the run first "
                        f"(python -m posjax.main --config=... --workdir={workdir})")
-    state, _ = experiment.checkpointer.restore(experiment.trainable.abstract_state, step=step)
-  return RunModel(experiment, state.params, state.rest, int(state.step))
+    state, _ = run.restore(step)
+  return RunModel(run, state.params, state.rest, int(state.step))
 
 
 def max_positions(cfg: models.TransformerConfig) -> Optional[int]:
@@ -173,10 +181,9 @@ def make_scorer(run: RunModel, *, attention_backend: Optional[str] = "chunked",
   if attention_backend is not None:
     cfg_changes["attention_backend"] = attention_backend
   cfg = run.cfg.replace(**cfg_changes)
-  experiment = run.experiment
   seed = run.config.seed
   _, eval_graphdef, abstract_params, _ = steps.split_model(
-      nnx.eval_shape(lambda: models.build(experiment.family, cfg, seed=seed)))
+      nnx.eval_shape(lambda: models.build(run.run.family, cfg, seed=seed)))
   mismatches = _tree_mismatch(nnx.to_pure_dict(abstract_params), run.params)
   if mismatches:
     raise ValueError(f"the model rebuilt with {cfg_changes} does not take the run's parameters: "
@@ -189,7 +196,7 @@ def make_scorer(run: RunModel, *, attention_backend: Optional[str] = "chunked",
                                                            batch["targets"])
     return {"xent": xent, "prediction": jnp.argmax(logits, axis=-1).astype(jnp.int32)}
 
-  mesh = experiment.mesh
+  mesh = run.run.mesh
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if tokens_per_batch is None:
     tokens_per_batch = run.config.eval.batch_size * run.train_len
@@ -367,7 +374,7 @@ def evaluate_lengths(run: RunModel, multipliers: Sequence[float] = DEFAULT_MULTI
   if not usable:
     raise ValueError(f"no evaluation length fits the {run.cfg.pe} table of max_len={limit}")
   num = text_length(usable, num_tokens)
-  stream = validation_stream(run.config.data, run.experiment.tokenizer, num, split=split)
+  stream = validation_stream(run.config.data, run.run.tokenizer, num, split=split)
   notes.append(f"text: the first {num} targets of the {split} split ({run.config.data.name}), "
                "the same for every length and protocol")
   scorer = scorer or make_scorer(run)
@@ -453,11 +460,12 @@ def write_report(result: ExtrapolationResult, out_dir: str) -> dict[str, str]:
   return paths
 
 
-def run_extrapolation(config, workdir: str, *, out_dir: Optional[str] = None, state=None,
-                      experiment=None, **kwargs) -> tuple[ExtrapolationResult, dict[str, str]]:
+def run_extrapolation(workdir: str, config=None, *, out_dir: Optional[str] = None, state=None,
+                      run: Optional[Run] = None,
+                      **kwargs) -> tuple[ExtrapolationResult, dict[str, str]]:
   """Load the run (see `load_run`), evaluate every length (kwargs of `evaluate_lengths`), write
   the report under `<workdir>/extrapolation/` (or `out_dir`)."""
-  run = load_run(config, workdir, state=state, experiment=experiment)
+  run = load_run(workdir, config, state=state, run=run)
   result = evaluate_lengths(run, **kwargs)
   return result, write_report(result, out_dir or os.path.join(workdir, "extrapolation"))
 

@@ -26,8 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from posjax import encodings
+from posjax import encodings, models
 from posjax.data.tokenizers import check_token_ids
+from posjax.run import init_from, record
+from posjax.run.experiment import Run
 
 _NEG_INF = -jnp.inf
 
@@ -361,34 +363,28 @@ def generate_text(model: nnx.Module, tokenizer, prompts: Sequence[str], *, max_n
 # ------------------------------------------------------------------------------------------------
 
 
-def _experiment(config, workdir: str):
-  """The run's `Experiment`; `mode=generate` is checked here, the rest by `Experiment`."""
-  from posjax.train import loop
+def _run(config, workdir: str) -> Run:
+  """The run to generate from; `mode=generate` is checked here, the rest by `Run`."""
   if config.model.family != "decoder":
     raise ValueError(f"generation needs model.family=decoder, this run has "
                      f"{config.model.family!r}")
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise ValueError(f"generation needs a trained checkpoint, and {workdir} has none: train "
                      "first or point --workdir at a trained run")
-  config = copy.deepcopy(config)
-  if config.mode == "generate":  # the training checks know train/eval modes only
-    config.mode = "eval"
-  experiment = loop.Experiment(config, workdir)
-  if experiment.checkpointer.latest_step() is None:
+  run = Run(config, workdir)
+  if run.checkpointer.latest_step() is None:
     raise ValueError(f"generation needs a trained checkpoint, and {workdir} has none: train "
                      "first or point --workdir at a trained run")
-  return experiment
+  return run
 
 
-def _model_from(experiment) -> nnx.Module:
-  """The experiment's model with the parameters of the workdir's latest checkpoint."""
-  from posjax import models
-  from posjax.train import checkpointing
-  step_dir, _ = checkpointing.resolve_checkpoint(experiment.workdir)
-  abstract = experiment.trainable.abstract_state
-  params = checkpointing.restore_params(step_dir, abstract.params)
-  rest = checkpointing.restore_params(step_dir, abstract.rest, key="rest")  # dropout RNG state
-  build = lambda: models.build(experiment.family, experiment.cfg, seed=experiment.config.seed)
+def _model_from(run: Run) -> nnx.Module:
+  """The run's model with the parameters of the workdir's latest checkpoint."""
+  step_dir, _ = init_from.resolve_checkpoint(run.workdir)
+  abstract = run.trainable.abstract_state
+  params = init_from.restore_params(step_dir, abstract.params)
+  rest = init_from.restore_params(step_dir, abstract.rest, key="rest")  # dropout RNG state
+  build = lambda: models.build(run.family, run.cfg, seed=run.config.seed)
   graphdef, abstract_params, abstract_rest = nnx.split(nnx.eval_shape(build), nnx.Param, ...)
   nnx.replace_by_pure_dict(abstract_params, params)
   nnx.replace_by_pure_dict(abstract_rest, rest)
@@ -397,10 +393,18 @@ def _model_from(experiment) -> nnx.Module:
   return model
 
 
-def load_for_generation(config, workdir: str) -> nnx.Module:
-  """A trained run's `DecoderLM` (built from its config, parameters from the workdir's latest
-  checkpoint), in eval mode, ready for `generate`."""
-  return _model_from(_experiment(config, workdir))
+def load_for_generation(workdir: str, config=None) -> nnx.Module:
+  """A trained run's `DecoderLM` (built from its recorded config, or `config`, which must agree
+  with the record; parameters from the workdir's latest checkpoint), in eval mode, ready for
+  `generate`."""
+  return _model_from(_run(config if config is not None else _recorded(workdir), workdir))
+
+
+def _recorded(workdir: str):
+  config = record.read_config(workdir)
+  if config is None:
+    raise ValueError(f"{workdir} has no {record.CONFIG_FILE}: pass the run's config")
+  return config
 
 
 def split_prompts(text: str) -> list[str]:
@@ -418,14 +422,14 @@ def run_from_config(config, workdir: str) -> list[str]:
                                    "seed", "stop"})
   if unknown:
     raise ValueError(f"unknown config.generate field(s) {unknown}")
-  experiment = _experiment(config, workdir)
-  model = _model_from(experiment)
+  run = _run(config, workdir)
+  model = _model_from(run)
   prompts = split_prompts(options["prompt"])
-  texts = generate_text(model, experiment.tokenizer, prompts,
+  texts = generate_text(model, run.tokenizer, prompts,
                         max_new_tokens=options["max_new_tokens"],
                         temperature=options["temperature"], top_k=options["top_k"],
                         top_p=options["top_p"], seed=options["seed"], stop=options["stop"])
-  step = experiment.checkpointer.latest_step()
+  step = run.checkpointer.latest_step()
   for i, (prompt, text) in enumerate(zip(prompts, texts)):
     print(f"\n=== generation {i + 1}/{len(prompts)} ({config.model.pe}, step {step}) ===\n"
           f"{prompt}{text}", flush=True)

@@ -204,7 +204,7 @@ def run_passkey(run: RunModel, multipliers: Sequence[float] = (1, 2, 4, 8), *,
                 out_dir: Optional[str] = None) -> list[dict]:
   """The passkey grid of a trained run at `train_len × m`; writes the report if `out_dir`."""
   lengths = [int(round(run.train_len * m)) for m in multipliers]
-  rows = passkey_grid(scorer or make_scorer(run), run.experiment.tokenizer, lengths, depths,
+  rows = passkey_grid(scorer or make_scorer(run), run.tokenizer, lengths, depths,
                       trials=trials, seed=seed, header=header, name=run.name,
                       max_len=max_positions(run.cfg))
   if out_dir:

@@ -45,9 +45,9 @@ from flax import nnx
 from posjax import encodings, models
 from posjax.data import tasks as task_data
 from posjax.evaluate import report
-from posjax.train import sharding, steps
-from posjax.train.config import model_config
-from posjax.train.trainable import Trainable, make_trainable
+from posjax.run import sharding, steps
+from posjax.run.config import model_config
+from posjax.run.trainable import Trainable, make_trainable
 
 # The config's family names to the model families of `posjax.models` (the encoder needs vocab
 # logits at every position: the masked-LM head gives them).

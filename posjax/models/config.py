@@ -106,6 +106,8 @@ class TransformerConfig:
     for field in ("dtype", "param_dtype"):
       if getattr(self, field) not in DTYPES:
         problems.append(f"{field}={getattr(self, field)!r}: choose one of {sorted(DTYPES)}")
+    if not 0 <= self.dropout < 1:
+      problems.append(f"dropout={self.dropout} must be in [0, 1)")
     if self.embed_scale < 0:
       problems.append(f"embed_scale={self.embed_scale} must be positive (0 means √dim)")
     for field in ("vocab_size", "dim", "num_layers", "num_heads"):

@@ -10,6 +10,7 @@ import pytest
 
 from posjax.evaluate import context_extension as ce
 from posjax.evaluate import extrapolation as ex
+from posjax.train import context_extension as extend
 from test_extrapolation import fresh_run, tiny_config
 
 
@@ -64,7 +65,7 @@ def test_non_rope_runs_are_refused(tmp_path):
 
 def test_finetune_config():
   base = tiny_config()
-  config = ce.finetune_config(base, "/runs/base", 128, steps=20, scaling="yarn",
+  config = extend.finetune_config(base, "/runs/base", 128, steps=20, scaling="yarn",
                               learning_rate=1e-4)
   assert config.data.seq_len == 128 and config.train.init_from == "/runs/base"
   assert config.train.steps == 20 and config.train.learning_rate == 1e-4
@@ -72,28 +73,28 @@ def test_finetune_config():
   assert json.loads(config.model.pe_options)["scaling"] == {
       "type": "yarn", "factor": 4.0, "original_max_len": 32}
   assert base.data.seq_len == 32 and base.model.pe_options == "{}"  # the base is untouched
-  assert json.loads(ce.finetune_config(base, "/b", 64).model.pe_options) == {}
+  assert json.loads(extend.finetune_config(base, "/b", 64).model.pe_options) == {}
 
 
 def test_finetune_starts_from_the_base_parameters(tmp_path, rope_run):
-  from posjax.train import checkpointing
-  state = rope_run.experiment.trainable.abstract_state
+  from posjax.run import checkpointing
+  state = rope_run.run.trainable.abstract_state
   saved = state.replace(step=np.int32(6), params=rope_run.params, rest=rope_run.rest,
                         opt_state=jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
                                                state.opt_state))
   with checkpointing.Checkpointer(str(tmp_path / "base")) as checkpointer:
-    checkpointer.save(6, saved, force=True)
-  config, state = ce.finetune(rope_run.config, str(tmp_path / "base"), str(tmp_path / "ft"), 64,
-                              steps=1, scaling="linear", learning_rate=0.0, warmup_steps=0)
+    checkpointer.save(6, saved)
+  config, state = extend.finetune(rope_run.config, str(tmp_path / "base"), str(tmp_path / "ft"), 64,
+                              steps=1, scaling="linear", learning_rate=1e-30, warmup_steps=0)
   assert int(state.step) == 1 and config.data.seq_len == 64
-  # A zero learning rate keeps the base parameters: the fine-tune really started from them.
+  # A learning rate of 1e-30 keeps the base parameters: the fine-tune really started from them.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7),
                jax.device_get(state.params), jax.device_get(rope_run.params))
-  again_config, again = ce.finetune(rope_run.config, str(tmp_path / "base"), str(tmp_path / "ft"),
-                                    64, steps=1, scaling="linear", learning_rate=0.0,
+  again_config, again = extend.finetune(rope_run.config, str(tmp_path / "base"), str(tmp_path / "ft"),
+                                    64, steps=1, scaling="linear", learning_rate=1e-30,
                                     warmup_steps=0)
   assert int(again.step) == 1  # done already: restored, not retrained
-  ft_run = ex.load_run(again_config, str(tmp_path / "ft"), state=again)
+  ft_run = ex.load_run(str(tmp_path / "ft"), again_config, state=again)
   assert ft_run.train_len == 64 and ft_run.cfg.pe_options["scaling"]["type"] == "linear"
 
 

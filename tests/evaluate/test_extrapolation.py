@@ -27,12 +27,13 @@ def fresh_run(workdir, **overrides) -> ex.RunModel:
   """
   from flax import nnx
   from posjax import models
-  from posjax.train import loop, sharding
-  experiment = loop.Experiment(tiny_config(**overrides), str(workdir))
-  _, params, rest = nnx.split(models.build("decoder", experiment.cfg, seed=0), nnx.Param, ...)
-  replicated = sharding.replicated(experiment.mesh)
+  from posjax.run import sharding
+  from posjax.run.experiment import Run
+  run = Run(tiny_config(**overrides), str(workdir))
+  _, params, rest = nnx.split(models.build("decoder", run.cfg, seed=0), nnx.Param, ...)
+  replicated = sharding.replicated(run.mesh)
   params, rest = jax.device_put((nnx.to_pure_dict(params), nnx.to_pure_dict(rest)), replicated)
-  return ex.RunModel(experiment, params, rest, 0)
+  return ex.RunModel(run, params, rest, 0)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +141,7 @@ def test_both_protocols_on_a_tiny_model_and_the_report(tmp_path, rope_run):
 
 def test_scorer_matches_the_training_eval_step_and_sliding_at_full_stride(rope_run):
   run = rope_run
-  stream = ex.validation_stream(run.config.data, run.experiment.tokenizer, 128)
+  stream = ex.validation_stream(run.config.data, run.tokenizer, 128)
   # Query blocks of 16 exercise the chunked backend on 64-token windows.
   scorer = ex.make_scorer(run, chunk_size=16)
   windows = ex.evaluate_windows(scorer, stream, 64)
@@ -150,9 +151,9 @@ def test_scorer_matches_the_training_eval_step_and_sliding_at_full_stride(rope_r
            "positions": np.tile(np.arange(64, dtype=np.int32), (2, 1)),
            "segment_ids": np.ones((2, 64), np.int32), "weights": np.ones((2, 64), np.float32)}
   batch = {k: np.concatenate([v, np.zeros((6, 64), v.dtype)]) for k, v in batch.items()}
-  from posjax.train import sharding
-  out = jax.device_get(run.experiment.trainable.eval_step(
-      run.params, run.rest, sharding.global_batch(batch, run.experiment.mesh)))
+  from posjax.run import sharding
+  out = jax.device_get(run.run.trainable.eval_step(
+      run.params, run.rest, sharding.global_batch(batch, run.run.mesh)))
   np.testing.assert_allclose(windows.loss, out["loss_sum"] / out["weight_sum"], rtol=1e-5)
 
 
@@ -170,18 +171,18 @@ def test_learned_table_skips_longer_lengths_with_a_note(tmp_path):
 
 
 def test_a_run_from_its_checkpoint(tmp_path, rope_run):
-  from posjax.train import checkpointing
-  state = rope_run.experiment.trainable.abstract_state
+  from posjax.run import checkpointing
+  state = rope_run.run.trainable.abstract_state
   saved = state.replace(step=np.int32(7), params=rope_run.params, rest=rope_run.rest,
                         opt_state=jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
                                                state.opt_state))
   with checkpointing.Checkpointer(str(tmp_path)) as checkpointer:
-    checkpointer.save(7, saved, force=True)
-  result, paths = ex.run_extrapolation(rope_run.config, str(tmp_path), multipliers=(1,),
+    checkpointer.save(7, saved)
+  result, paths = ex.run_extrapolation(str(tmp_path), rope_run.config, multipliers=(1,),
                                        num_tokens=64, protocols=("windows",))
   assert np.isfinite(result.rows[0]["loss"]) and result.rows[0]["tokens"] == 64
   assert pathlib.Path(paths["csv"]).parent == tmp_path / "extrapolation"
-  run = ex.load_run(rope_run.config, str(tmp_path))
+  run = ex.load_run(str(tmp_path), rope_run.config)
   assert run.step == 7
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(run.params),
                jax.device_get(rope_run.params))
@@ -189,4 +190,4 @@ def test_a_run_from_its_checkpoint(tmp_path, rope_run):
 
 def test_a_workdir_without_checkpoint_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="no checkpoint to evaluate"):
-    ex.load_run(tiny_config(), str(tmp_path))
+    ex.load_run(str(tmp_path), tiny_config())

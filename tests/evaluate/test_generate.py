@@ -18,6 +18,7 @@ from posjax import encodings, models
 from posjax.configs import load_config
 from posjax.data.tokenizers import ByteTokenizer
 from posjax.evaluate import generate as gen
+from posjax.run.experiment import Run
 from posjax.train import loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -189,9 +190,9 @@ def test_main_generate_mode_prints_continuations_of_a_trained_run(tmp_path):
   """Train a tiny run, then `python -m posjax.main --config.mode=generate` on its workdir."""
   config = lm_config("tiny")
   with pytest.raises(ValueError, match="needs a trained checkpoint"):
-    gen.load_for_generation(config, str(tmp_path / "missing"))
+    gen.load_for_generation(str(tmp_path / "missing"), config)
   assert not (tmp_path / "missing").exists()
-  loop.Experiment(config, str(tmp_path)).train()  # a tiny run: 6 steps
+  loop.train(Run(config, str(tmp_path)))  # a tiny run: 6 steps
   result = run_main(f"--workdir={tmp_path}", "--config.mode=generate",
                     "--config.generate.prompt=ROMEO:|JULIET: O", "--config.generate.seed=3",
                     "--config.generate.max_new_tokens=12")
@@ -202,7 +203,7 @@ def test_main_generate_mode_prints_continuations_of_a_trained_run(tmp_path):
   assert out.split("JULIET: O", 1)[1].strip("\n")  # the byte model wrote something
 
   # the same run from Python: trained parameters, not fresh ones
-  model = gen.load_for_generation(config, str(tmp_path))
+  model = gen.load_for_generation(str(tmp_path), config)
   assert isinstance(model, models.DecoderLM)
   fresh = models.build("decoder", model.config, seed=config.seed)
   trained_leaves = jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))

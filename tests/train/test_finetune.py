@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from posjax.configs import load_config
+from posjax.evaluate import run_report
+from posjax.run.experiment import Run
 from posjax.train import loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -21,8 +23,8 @@ def config(name, arg="tiny", **overrides):
 def mlm_run(tmp_path_factory):
   """A tiny MLM pretraining run (ALiBi) to fine-tune from."""
   workdir = tmp_path_factory.mktemp("mlm")
-  experiment = loop.Experiment(config("mlm", "tiny,alibi"), str(workdir))
-  return workdir, jax.device_get(experiment.train().params)
+  experiment = Run(config("mlm", "tiny,alibi"), str(workdir))
+  return workdir, jax.device_get(loop.train(experiment).params)
 
 
 def flat(tree):
@@ -33,7 +35,7 @@ def flat(tree):
 @pytest.mark.parametrize("name, method", [("finetune_cls", "full"), ("finetune_ner", "lora")])
 def test_mlm_checkpoint_loads_into_the_fine_tuning_model(tmp_path, mlm_run, name, method):
   workdir, mlm_params = mlm_run
-  experiment = loop.Experiment(config(name, f"tiny,alibi,{method}",
+  experiment = Run(config(name, f"tiny,alibi,{method}",
                                       **{"train.init_from": str(workdir)}), str(tmp_path))
   params = flat(jax.device_get(experiment.init_state().params))
   pretrained = flat(mlm_params)
@@ -50,7 +52,7 @@ def test_mlm_checkpoint_loads_into_the_fine_tuning_model(tmp_path, mlm_run, name
 
 def test_a_checkpoint_of_another_width_is_a_clear_error(tmp_path, mlm_run):
   workdir, _ = mlm_run
-  experiment = loop.Experiment(config("finetune_cls", "tiny,alibi",
+  experiment = Run(config("finetune_cls", "tiny,alibi",
                                       **{"train.init_from": str(workdir), "model.dim": 48}),
                                str(tmp_path))
   with pytest.raises(ValueError, match="shapes differ"):
@@ -59,9 +61,9 @@ def test_a_checkpoint_of_another_width_is_a_clear_error(tmp_path, mlm_run):
 
 @pytest.mark.parametrize("method", ["bitfit", "adapters"])
 def test_frozen_parameters_do_not_move(tmp_path, method):
-  experiment = loop.Experiment(config("finetune_cls", f"tiny,rope,{method}"), str(tmp_path))
+  experiment = Run(config("finetune_cls", f"tiny,rope,{method}"), str(tmp_path))
   before = flat(jax.device_get(experiment.init_state().params))
-  after = flat(jax.device_get(experiment.train().params))
+  after = flat(jax.device_get(loop.train(experiment).params))
   trainable = flat(experiment.trainable.trainable)
   assert 0 < sum(bool(v) for v in trainable.values()) < len(trainable)
   for key, is_trained in trainable.items():
@@ -80,8 +82,8 @@ def test_early_stopping_counts_evaluations_without_improvement():
 
 
 def test_report_scores_validation_and_longer_test_passages(tmp_path):
-  experiment = loop.Experiment(config("finetune_ner"), str(tmp_path))
-  text = experiment.report(experiment.train())
+  experiment = Run(config("finetune_ner"), str(tmp_path))
+  text = run_report.report(experiment, loop.train(experiment))
   summary = json.loads((tmp_path / "finetune_results.json").read_text())
   assert [(r["split"], r["seq_len"]) for r in summary["results"]] == [
       ("validation", 32), ("test", 32), ("test", 64)]
@@ -108,7 +110,7 @@ def bert_dir(tmp_path):
 @pytest.mark.parametrize("name", ["finetune_cls", "finetune_ner"])
 def test_fine_tunes_a_hugging_face_bert(tmp_path, bert_dir, name):
   from posjax.interop import loader
-  experiment = loop.Experiment(config(name, "tiny,lora", **{"train.init_from_hf": str(bert_dir),
+  experiment = Run(config(name, "tiny,lora", **{"train.init_from_hf": str(bert_dir),
                                                          "data.seq_len": 16}),  # its table: 32
                                str(tmp_path / "run"))
   assert experiment.cfg.pe == "learned" and experiment.tokenizer.vocab_size == 64
@@ -120,7 +122,7 @@ def test_fine_tunes_a_hugging_face_bert(tmp_path, bert_dir, name):
     path = path if path in params else path.replace("/query/", "/query/base/").replace(
         "/value/", "/value/base/")
     np.testing.assert_array_equal(params[path], value, err_msg=path)
-  text = experiment.report(experiment.train())
+  text = run_report.report(experiment, loop.train(experiment))
   assert "learned, peft lora" in text
 
 

@@ -2,43 +2,21 @@
 
 from __future__ import annotations
 
-import glob
 import io
 import json
 import math
 import os
-import struct
 
 import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
-from tensorboardX.record_writer import masked_crc32c
 
-from posjax.train import metrics
-
-
-def _read_events(logdir):
-  """Every Event in the TFRecord files under `logdir` (length, crc, payload, crc), CRC-checked."""
-  events = []
-  for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
-    with open(path, "rb") as f:
-      data = f.read()
-    offset = 0
-    while offset < len(data):
-      header = data[offset:offset + 8]
-      (length,) = struct.unpack("<Q", header)
-      (header_crc,) = struct.unpack("<I", data[offset + 8:offset + 12])
-      assert header_crc == masked_crc32c(header)
-      payload = data[offset + 12:offset + 12 + length]
-      (payload_crc,) = struct.unpack("<I", data[offset + 12 + length:offset + 16 + length])
-      assert payload_crc == masked_crc32c(payload)
-      events.append(event_pb2.Event.FromString(payload))
-      offset += 16 + length
-  return events
+from events_testing import read_events
+from posjax.run import metrics
 
 
 def _scalars(logdir):
-  return [(e.step, v.tag, v.simple_value) for e in _read_events(logdir) for v in e.summary.value
+  return [(e.step, v.tag, v.simple_value) for e in read_events(logdir) for v in e.summary.value
           if v.HasField("simple_value")]
 
 
@@ -47,7 +25,7 @@ def test_jsonl_and_tensorboard(tmp_path):
     writer.write_scalars(1, {"train/loss": 2.5, "train/lr": np.float32(1e-3)})
     writer.write_scalars(2, {"train/loss": float("nan"), "eval/ppl": float("inf"),
                              "perf/mfu": None})
-    writer.write_hparams({"model": {"dim": 32, "pe": "rope"}, "seed": 0})
+    writer.write_config({"model": {"dim": 32, "pe": "rope"}, "seed": 0})
     writer.write_text("notes", "hello", step=2)
     writer.flush()
   with open(tmp_path / "metrics.jsonl") as f:
@@ -60,13 +38,15 @@ def test_jsonl_and_tensorboard(tmp_path):
   assert "perf/mfu" not in second
   records = metrics.read_jsonl(tmp_path / "metrics.jsonl")
   assert math.isnan(records[1]["train/loss"]) and records[1]["eval/ppl"] == math.inf
-  assert json.loads((tmp_path / "config.json").read_text())["model"]["pe"] == "rope"
+  config_text = [v.tensor.string_val[0].decode() for e in read_events(tmp_path / "tensorboard")
+                 for v in e.summary.value if v.tag.startswith("config")]
+  assert config_text and '"pe": "rope"' in config_text[0]
 
   scalars = _scalars(tmp_path / "tensorboard")
   assert (1, "train/loss", 2.5) in scalars
   assert any(s == 1 and t == "train/lr" and abs(v - 1e-3) < 1e-9 for s, t, v in scalars)
   assert any(s == 2 and t == "train/loss" and math.isnan(v) for s, t, v in scalars)
-  tags = {v.tag for e in _read_events(tmp_path / "tensorboard") for v in e.summary.value}
+  tags = {v.tag for e in read_events(tmp_path / "tensorboard") for v in e.summary.value}
   assert {"train/loss", "train/lr", "eval/ppl"} <= tags
 
 
@@ -74,7 +54,7 @@ def _visible_scalars(logdir):
   """(step, tag, value) as TensorBoard shows them: a SessionLog.START at step s (a restart) hides
   the points logged before it at steps >= s (TensorBoard's default, --purge_orphaned_data)."""
   points = []
-  for event in _read_events(logdir):
+  for event in read_events(logdir):
     if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
       points = [p for p in points if p[0] < event.step]
     points += [(event.step, v.tag, v.simple_value) for v in event.summary.value
@@ -110,7 +90,7 @@ def test_appends_across_writers_and_closed_is_noop(tmp_path):
 def test_non_primary_writes_nothing(tmp_path):
   writer = metrics.MetricsWriter(tmp_path / "run", is_primary=False)
   writer.write_scalars(1, {"loss": 1.0})
-  writer.write_hparams({"a": 1})
+  writer.write_config({"a": 1})
   writer.flush()
   writer.close()
   assert not (tmp_path / "run").exists()

@@ -13,9 +13,9 @@ from jax.sharding import Mesh
 
 from posjax import models
 from posjax.nn import peft
-from posjax.train import sharding
-from posjax.train.optimizer import make_optimizer
-from posjax.train.steps import TrainState, make_eval_step, make_train_step, split_model
+from posjax.run import sharding
+from posjax.run.optimizer import make_optimizer
+from posjax.run.steps import TrainState, make_eval_step, make_train_step, split_model
 
 
 @dataclasses.dataclass
@@ -28,6 +28,7 @@ class Trainable:
   train_step: Callable            # jit(state, batch) -> (state, metrics); donates the state
   eval_step: Callable             # jit(params, rest, batch) -> sums
   predict_step: Callable          # jit(params, rest, batch) -> sums and argmax predictions
+  is_finite: Callable             # jit(state) -> whether every float in it is finite
   create: Callable[[], TrainState]  # fresh state, created sharded
   num_params: int
   trainable: Any                  # bools like the parameters: which ones train
@@ -79,4 +80,12 @@ def make_trainable(family: str, cfg: models.TransformerConfig, train_cfg, mesh: 
 
   num_trainable, num_params = peft.count(params, trainable)
   return Trainable(mesh, tx, schedule, state_sharding, abstract_state, train_step, eval_step,
-                   predict_step, create, num_params, trainable, num_trainable)
+                   predict_step, jax.jit(all_finite), create, num_params, trainable,
+                   num_trainable)
+
+
+def all_finite(tree) -> jax.Array:
+  """Whether every floating-point value in `tree` is finite (a scalar bool)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)

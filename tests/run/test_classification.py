@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from posjax.evaluate import classification
+from posjax.run import classification
 
 
 def test_class_report_hand_worked():

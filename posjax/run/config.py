@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Optional
 
 from posjax import encodings, models
 from posjax.models import TransformerConfig
@@ -78,7 +78,48 @@ def check_run(config, cfg: TransformerConfig, num_devices: int, mesh_shape: dict
     if config.data.seq_len > max_len:
       problems.append(f"data.seq_len={config.data.seq_len} is longer than the {cfg.pe} table "
                       f"(max_len={max_len})")
-  if config.train.steps < 1:
-    problems.append(f"train.steps must be positive, got {config.train.steps}")
+  tc = config.train
+  for field in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+    if tc[field] < 1:
+      problems.append(f"train.{field} must be a positive integer, got {tc[field]}")
+  if not tc.learning_rate > 0:
+    problems.append(f"train.learning_rate must be positive, got {tc.learning_rate}")
+  if tc.warmup_steps < 0:
+    problems.append(f"train.warmup_steps must be >= 0, got {tc.warmup_steps}")
+  if tc.best_mode not in ("min", "max"):
+    problems.append(f"train.best_mode={tc.best_mode!r}: choose min (loss-like) or max")
+  if tc.early_stopping_patience < 0:
+    problems.append(f"train.early_stopping_patience must be >= 0 (0: off), got "
+                    f"{tc.early_stopping_patience}")
+  if config.eval.num_batches < 0 or config.eval.batch_size < 1:
+    problems.append(f"eval.num_batches ({config.eval.num_batches}) must be >= 0 (0: the whole "
+                    f"split) and eval.batch_size ({config.eval.batch_size}) positive")
+  if not config.eval.length_multipliers or min(config.eval.length_multipliers) <= 0:
+    problems.append(f"eval.length_multipliers must be positive numbers, got "
+                    f"{tuple(config.eval.length_multipliers)}")
+  if config.data.seq_len < 1 or config.data.global_batch_size < 1:
+    problems.append(f"data.seq_len ({config.data.seq_len}) and data.global_batch_size "
+                    f"({config.data.global_batch_size}) must be positive")
   if problems:
     raise ValueError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+SCALINGS = ("linear", "ntk", "dynamic", "yarn", "llama3")
+
+
+def scaled_pe_options(pe: str, options, scaling: Optional[str], factor: float,
+                      original_max_len: int) -> dict:
+  """The RoPE options of `options` with `scaling` at `factor` (None: unchanged)."""
+  options = dict(pe_options(options))
+  if scaling is None:
+    return options
+  if pe != "rope":
+    raise ValueError(f"context-extension scalings are RoPE's: the run uses pe={pe!r}")
+  if options.get("scaling"):
+    raise ValueError(f"the run already has a RoPE scaling {options['scaling']}; extend an "
+                     "unscaled RoPE run")
+  if scaling not in SCALINGS:
+    raise ValueError(f"unknown scaling {scaling!r}; choose from {SCALINGS}")
+  options["scaling"] = {"type": scaling, "factor": float(factor),
+                        "original_max_len": int(original_max_len)}
+  return options

@@ -5,7 +5,7 @@ the run's config), the tokenizer from its `vocab.txt` (WordPiece; `do_lower_case
 `tokenizer_config.json`, default True), and the weights through `posjax.interop`: every encoder
 parameter is loaded; the task head is loaded only if the checkpoint has one of the same shape
 (e.g. the same number of labels), otherwise it starts fresh. A posjax pretraining checkpoint
-(`train.init_from`) goes through `checkpointing.restore_pretrained` instead.
+(`train.init_from`) goes through `init_from.restore_pretrained` instead.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from posjax.interop import loader
 from posjax.interop.checkpoint import read_config
 from posjax.models import TransformerConfig
 from posjax.nn import peft
-from posjax.train import checkpointing
+from posjax.run import checkpointing
 
 
 def hf_backbone(model_config, path: str) -> tuple[WordPieceTokenizer, TransformerConfig]:
@@ -51,7 +51,7 @@ def hf_params(path: str, family: str, abstract_params: Any,
   source = {"/".join(str(k) for k in key): value for key, value in params.items()}
   loaded, fresh, problems = {}, [], []
   for keys, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
-    names = tuple(checkpointing.key_name(k) for k in keys)
+    names = tuple(checkpointing.path_name(keys).split("/"))
     model_path, src = "/".join(names), "/".join(source_path(names))
     value = source.get(src)
     if value is not None and tuple(value.shape) == tuple(leaf.shape):

@@ -6,8 +6,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from posjax import models
-from posjax.train import sharding
-from posjax.train.optimizer import learning_rate_schedule, weight_decay_mask
+from posjax.run import sharding
+from posjax.run.optimizer import learning_rate_schedule, weight_decay_mask
 
 
 def train_cfg(**kw):

@@ -109,17 +109,13 @@ class MetricsWriter:
     if self.is_primary:
       self._tb.add_text(tag, text, global_step=int(step))
 
-  def write_hparams(self, config: Mapping[str, Any]) -> None:
-    """The run's configuration: `<workdir>/config.json` and a TensorBoard text entry.
-
-    Nested dicts (a `ConfigDict.to_dict()`) are fine; values JSON cannot hold become strings.
-    """
+  def write_config(self, config: Mapping[str, Any]) -> None:
+    """The run's configuration as a TensorBoard text entry (`config.json` in the workdir is
+    written by `posjax.run.record`). Values JSON cannot hold become strings."""
     if not self.is_primary:
       return
     config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     text = json.dumps(config, indent=2, sort_keys=True, default=str)
-    with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(text + "\n")
     self._tb.add_text("config", "```\n" + text + "\n```", global_step=0)
 
   def flush(self) -> None:
@@ -185,12 +181,31 @@ def _duration(seconds: float) -> str:
   return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
+def log(text: str, *, stream=None, log_path: Optional[str] = None) -> None:
+  """One line of progress wherever the user looks: the console (stderr, also from Python and
+  notebooks, where absl's log is silent before `app.run`), the absl log, and `log_path`."""
+  print(text, file=stream if stream is not None else sys.stderr, flush=True)
+  logging.debug("%s", text)  # the console has it already; absl's log files keep it too
+  _append(log_path, text)
+
+
+def _append(log_path: Optional[str], text: str) -> None:
+  if log_path:
+    with open(log_path, "a", encoding="utf-8") as f:
+      f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+
 class Progress:
   """A compact console line: step, loss, tokens/s (and MFU when known), time left.
 
-  On a terminal (with tqdm installed) it is a tqdm bar whose postfix holds the numbers; in CI logs
-  and files (no tty) each report is one absl log line, and there is a report only every `every`
-  steps (plus the last step, or when forced), never one per step.
+  On a terminal (with tqdm installed) it is a tqdm bar whose postfix holds the numbers; elsewhere
+  (notebooks, CI logs, files) each report is one printed line (see `log`), and there is a report
+  only every `every` steps (plus the last step, or when forced), never one per step. Every line
+  also goes to `log_path` when given.
+
+  The time left counts training steps only: from the "perf/step_seconds" of the scalars when
+  given (the loop measures steps alone, without compilation, validation or saving), else from
+  the wall time between reports.
 
   Call `update(step, scalars)` with the number of finished steps, either every step or only on
   logging steps. `scalars` may be the dict written to `MetricsWriter`: "train/loss" (or "loss")
@@ -202,9 +217,10 @@ class Progress:
   LOSS_KEYS = ("train/loss", "loss")
   RATE_KEYS = ("perf/tokens_per_second", "tokens_per_second")
   MFU_KEYS = ("perf/mfu", "mfu")
+  STEP_SECONDS_KEYS = ("perf/step_seconds", "step_seconds")
 
   def __init__(self, total_steps: int, *, every: int = 50, start: int = 0,
-               use_tqdm: Optional[bool] = None, stream=None):
+               use_tqdm: Optional[bool] = None, stream=None, log_path: Optional[str] = None):
     self.total_steps = int(total_steps)
     self.every = max(int(every), 1)
     self._stream = stream if stream is not None else sys.stderr
@@ -214,9 +230,11 @@ class Progress:
     if use_tqdm and _tqdm is not None:
       self._bar = _tqdm.tqdm(total=self.total_steps, initial=int(start), file=self._stream,
                              dynamic_ncols=True, mininterval=1.0, unit="step")
-    self._last_step = self._start_step = int(start)
-    self._start_time = self._window_time = time.perf_counter()
+    self.log_path = log_path
+    self._last_step = self._reported_step = int(start)
+    self._window_time = time.perf_counter()
     self._window_tokens = 0
+    self._step_seconds = math.nan
     self.last_line = ""
 
   def update(self, step: int, scalars: Optional[Mapping[str, Any]] = None, *,
@@ -238,9 +256,13 @@ class Progress:
     rate = _first(scalars, self.RATE_KEYS)
     if rate is None and self._window_tokens:
       rate = self._window_tokens / max(now - self._window_time, 1e-9)
-    self._window_time, self._window_tokens = now, 0
-    done = step - self._start_step
-    eta = (now - self._start_time) / done * (self.total_steps - step) if done > 0 else math.nan
+    step_seconds = _first(scalars, self.STEP_SECONDS_KEYS)
+    if step_seconds is None and step > self._reported_step:
+      step_seconds = (now - self._window_time) / (step - self._reported_step)
+    if step_seconds is not None:
+      self._step_seconds = step_seconds
+    self._window_time, self._window_tokens, self._reported_step = now, 0, step
+    eta = self._step_seconds * (self.total_steps - step)
 
     fields = {}
     loss = _first(scalars, self.LOSS_KEYS)
@@ -258,16 +280,18 @@ class Progress:
                       + " ".join(f"{k} {v}" for k, v in fields.items()))
     if self._bar is not None:
       self._bar.set_postfix(fields, refresh=True)
+      _append(self.log_path, self.last_line)
     else:
-      logging.info("%s", self.last_line)
+      log(self.last_line, stream=self._stream, log_path=self.log_path)
     return self.last_line
 
   def message(self, text: str) -> None:
     """A line of its own (above the bar on a terminal, a log line otherwise)."""
     if self._bar is not None:
       self._bar.write(text, file=self._stream)
+      _append(self.log_path, text)
     else:
-      logging.info("%s", text)
+      log(text, stream=self._stream, log_path=self.log_path)
 
   def close(self) -> None:
     if self._bar is not None:

@@ -15,8 +15,15 @@ orbax-checkpoint 0.12.8), so one `CheckpointManager` and one directory hold both
 simply never deleted while it is the best. `best_fn`/`best_mode` are set as well, because Orbax
 writes the metrics to disk (and `best_step()` works) only when they are.
 
-`restore_params` loads only the parameters of a checkpoint (`train.init_from`, fine-tuning) and
-checks the parameter tree against the model's before reading any array.
+When to save is the training loop's decision (every `train.checkpoint_every` steps, the last
+step, a preemption), so `save` always writes; Orbax decides only what to keep.
+
+Restoring to resume needs every part a checkpoint should have: one without its data state or loop
+state is an error, never a silent restart of the data order. A step that cannot be read is
+reported as damaged (with the earlier step to fall back on) only when its files are missing or
+unreadable; other failures (another process count, an I/O error) are reported as they are.
+
+Parameters alone, for `train.init_from` and fine-tuning: `posjax.run.init_from`.
 """
 
 from __future__ import annotations
@@ -26,9 +33,7 @@ import dataclasses
 import json
 import math
 import os
-import signal
-import threading
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -40,6 +45,14 @@ STATE = "state"
 DATA_STATE = "data_state"
 LOOP_STATE = "loop_state"
 PARAMS_KEY = "params"
+
+
+class ProcessCountMismatch(ValueError):
+  """The checkpoint's data state was written by another number of processes."""
+
+
+class DamagedCheckpoint(ValueError):
+  """A checkpoint step whose files are missing, truncated or unreadable."""
 
 
 # --------------------------------------------------------------------------- data-iterator state
@@ -59,9 +72,12 @@ class DataStateHandler(ocp.CheckpointHandler):
     del args
     path = _data_state_file(directory)
     if not path.exists():
-      raise FileNotFoundError(
+      written = sorted(p.name for p in epath.Path(directory).glob("process_*.json"))
+      raise ProcessCountMismatch(
           f"no data-iterator state for process {jax.process_index()} of {jax.process_count()} "
-          f"at {path}: the checkpoint was written with a different number of processes")
+          f"at {path}: the checkpoint holds {written or 'none'}, written by a different number "
+          "of processes; resume with that many processes (each process's data state records "
+          "where its own shard of the data stands)")
     return _decode_data_state(json.loads(path.read_text()))
 
   def metadata(self, directory: epath.Path):
@@ -118,11 +134,9 @@ def _decode_data_state(record: Mapping[str, Any]) -> Any:
 
 # --------------------------------------------------------------------------- tree comparison
 
-def key_name(key) -> str:
-  for attr in ("key", "idx", "name"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
+def path_name(path) -> str:
+  """A pytree key path as 'a/b/0/kernel', the name checkpoints and reports use."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _stored_shape(leaf) -> tuple:
@@ -133,10 +147,10 @@ def _stored_shape(leaf) -> tuple:
   return tuple(getattr(leaf, "shape", ()) or ())
 
 
-def _flat_shapes(tree) -> dict[str, tuple]:
+def flat_shapes(tree) -> dict[str, tuple]:
   """'a/b/0/kernel' -> shape, for arrays, ShapeDtypeStructs and Orbax ArrayMetadata alike."""
   leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]
-  return {"/".join(key_name(k) for k in path): _stored_shape(leaf)
+  return {path_name(path): _stored_shape(leaf)
           for path, leaf in leaves if leaf is not None}
 
 
@@ -145,7 +159,7 @@ def tree_mismatches(expected, found) -> list[str]:
 
   `expected` is what the model wants, `found` what the checkpoint holds.
   """
-  want, have = _flat_shapes(expected), _flat_shapes(found)
+  want, have = flat_shapes(expected), flat_shapes(found)
   problems = []
   missing = sorted(set(want) - set(have))
   unexpected = sorted(set(have) - set(want))
@@ -159,7 +173,7 @@ def tree_mismatches(expected, found) -> list[str]:
   return problems
 
 
-def _restore_args(abstract_tree):
+def restore_args(abstract_tree):
   """Per-leaf restore arguments: dtype, and sharding where the abstract leaf has one."""
   return ocp.checkpoint_utils.construct_restore_args(abstract_tree)
 
@@ -180,14 +194,12 @@ class Checkpointer:
     best_metric: also keep the best checkpoint by this metric name (`train.best_metric`);
       "" or None to disable. A checkpoint saved without this metric never counts as best.
     best_mode: "min" (loss-like) or "max" (accuracy-like).
-    save_every: with `force=False`, `save` only writes on multiples of this
-      (`train.checkpoint_every`); None or 0 writes whenever asked.
     async_save: write arrays in a background thread; `wait()` blocks until they are on disk.
   """
 
   def __init__(self, workdir: str | os.PathLike, *, keep: Optional[int] = 2,
                best_metric: Optional[str] = "eval/loss", best_mode: str = "min",
-               save_every: Optional[int] = None, async_save: bool = True):
+               async_save: bool = True):
     if best_mode not in ("min", "max"):
       raise ValueError(f"best_mode={best_mode!r}: choose 'min' (loss-like) or 'max'")
     if keep is not None and keep < 1:
@@ -203,11 +215,6 @@ class Checkpointer:
       preserve.append(policies.BestN(get_metric_fn=self._metric_value, reverse=True, n=1,
                                      keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
-        # Only multiples of save_every (or force=True, or a preemption Orbax detects itself);
-        # no "first save whatever the step" (Orbax's default InitialSavePolicy).
-        save_decision_policy=policies.AnySavePolicy([
-            policies.FixedIntervalPolicy(save_every or 1),
-            policies.PreemptionCheckpointingPolicy()]),
         preservation_policy=policies.AnyPreservationPolicy(preserve),
         # Orbax records metrics only when best_fn is set; ranking itself is done by BestN.
         best_fn=self._metric_value if self.best_metric else None,
@@ -235,11 +242,10 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, *, data_state: Any = None,
            metrics: Optional[Mapping[str, Any]] = None,
-           loop_state: Optional[Mapping[str, Any]] = None, force: bool = False) -> bool:
+           loop_state: Optional[Mapping[str, Any]] = None) -> bool:
     """Save `state` (and the data iterator's state) at `step`; True if a checkpoint was written.
 
-    Without `force`, only steps that are multiples of `save_every` are written. `metrics` (scalar
-    values) are stored alongside when they include `best_metric`, which ranks the checkpoint for
+    `metrics` (scalar values) are stored alongside when they include `best_metric`, which ranks the checkpoint for
     "keep the best". `loop_state` is a JSON-able dict of the training loop's own state, read back
     by `loop_state()`. Saving a step that already exists is a no-op returning False.
     """
@@ -258,13 +264,10 @@ class Checkpointer:
       # Stored only when they can rank this checkpoint: one without the metric is never "best".
       scalars = {k: _to_float(v) for k, v in metrics.items()}
     saved = self._manager.save(step, args=ocp.args.Composite(**items), metrics=scalars,
-                               force=force)
+                               force=True)  # the caller decides when
     if saved:
       logging.info("saving checkpoint for step %d to %s", step, self.directory)
     return saved
-
-  def should_save(self, step: int) -> bool:
-    return self._manager.should_save(int(step))
 
   def wait(self) -> None:
     """Block until every pending (async) save is on disk."""
@@ -298,12 +301,15 @@ class Checkpointer:
 
   # ------------------------------------------------------------------ restoring
 
-  def restore(self, abstract_state: Any, step: Optional[int] = None) -> tuple[Any, Any]:
+  def restore(self, abstract_state: Any, step: Optional[int] = None, *,
+              to_resume: bool = False) -> tuple[Any, Any]:
     """Restore `(state, data_state)` at `step` (default: the latest).
 
     `abstract_state` is the pytree to fill: `jax.ShapeDtypeStruct` leaves whose `.sharding` the
-    restored arrays get (e.g. `jax.eval_shape` of the init, with the mesh's shardings). The data
-    state is None when the checkpoint holds none.
+    restored arrays get (e.g. `jax.eval_shape` of the init, with the mesh's shardings).
+    `to_resume` (training goes on from it) requires the data state and the loop state: a step
+    without either is an error, since resuming from it would restart the data order or early
+    stopping. Without `to_resume` (evaluation), the data state is not read and is None.
     """
     if step is None:
       step = self.latest_step()
@@ -316,48 +322,94 @@ class Checkpointer:
       raise ValueError(f"no checkpoint for step {step} in {self.directory}; available steps: "
                        f"{self.all_steps() or 'none'}")
     step_dir = self.directory / str(step)
-    _check_tree(abstract_state, step_dir / STATE, what="train state")
+    _check_tree(abstract_state, step_dir / STATE, what="train state", damaged=self._damaged)
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
-    has_data = (step_dir / DATA_STATE).exists()
-    if has_data:
+    if to_resume:
+      missing = [part for part in (DATA_STATE, LOOP_STATE) if not (step_dir / part).exists()]
+      if missing:
+        raise self._damaged(step, f"it has no {' or '.join(p + '/' for p in missing)} (the data "
+                            "iterator's position and the loop's early-stopping state); resuming "
+                            "from it would silently restart them (a checkpoint written before "
+                            "posjax recorded them cannot be resumed)")
       items[DATA_STATE] = DataStateRestore()
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    except Exception as e:  # Orbax raises many types for damaged files.
-      raise ValueError(f"could not read the checkpoint at {step_dir} ({_brief(e)}). "
-                       "It may be truncated or corrupt: delete that step directory to resume "
-                       "from an earlier checkpoint") from e
-    return restored[STATE], (restored[DATA_STATE] if has_data else None)
+    except ProcessCountMismatch:
+      raise
+    except Exception as e:  # Orbax and tensorstore raise many types
+      raise self._classify(step, e) from e
+    return restored[STATE], (restored[DATA_STATE] if to_resume else None)
 
   def loop_state(self, step: Optional[int] = None) -> dict:
-    """The `loop_state` saved with `step` (default: the latest); {} when there is none (no such
-    checkpoint, or one saved without it)."""
+    """The `loop_state` saved with `step` (default: the latest); {} when there is no checkpoint
+    (a fresh run). A checkpoint without one is refused by `restore(to_resume=True)`."""
     step = self.latest_step() if step is None else int(step)
     if step is None or not (self.directory / str(step) / LOOP_STATE).exists():
       return {}
     try:
       restored = self._manager.restore(
           step, args=ocp.args.Composite(**{LOOP_STATE: ocp.args.JsonRestore()}))
-    except Exception as e:  # a damaged file: as in `restore`
-      raise ValueError(f"could not read the loop state at {self.directory / str(step)} "
-                       f"({_brief(e)}); delete that step directory to resume from an earlier "
-                       "checkpoint") from e
+    except Exception as e:
+      raise self._classify(step, e) from e
     return dict(restored[LOOP_STATE])
 
+  def _damaged(self, step: int, why: str) -> DamagedCheckpoint:
+    earlier = [s for s in self.all_steps() if s < step]
+    fallback = (f"To go on, delete {self.directory / str(step)} to resume from step "
+                f"{earlier[-1]}, the checkpoint before it" if earlier else
+                "It is the only checkpoint: the run must start afresh")
+    return DamagedCheckpoint(f"the checkpoint at {self.directory / str(step)} is damaged: {why}. "
+                             + fallback)
 
-def _read_metadata(item_dir: epath.Path, *, what: str):
-  """The stored tree's metadata; a checkpoint that cannot be read is a clear ValueError."""
+  def _classify(self, step: int, error: Exception) -> Exception:
+    """A damaged step (files missing or unreadable) or a failure to report as it is."""
+    if is_damage(error):
+      return self._damaged(step, brief_error(error))
+    return RuntimeError(f"could not restore the checkpoint at {self.directory / str(step)}: "
+                        f"{brief_error(error)}. This does not look like damage to the checkpoint "
+                        "(nothing is missing or unreadable), so it is kept: fix the cause and "
+                        "rerun")
+
+
+# Signs, in the messages of Orbax, tensorstore and json, that a checkpoint's files are missing,
+# cut short or garbled, rather than unreachable for another reason.
+_DAMAGE_SIGNS = ("DATA_LOSS", "NOT_FOUND", "not found", "No such file", "does not exist",
+                 "corrupt", "truncated", "Unexpected end", "Expecting value", "Error decoding",
+                 "Error reading", "checksum", "Invalid", "invalid")
+
+
+def is_damage(error: BaseException) -> bool:
+  while error is not None:
+    if isinstance(error, (FileNotFoundError, json.JSONDecodeError, DamagedCheckpoint)):
+      return True
+    if isinstance(error, PermissionError):
+      return False
+    if any(sign in str(error) for sign in _DAMAGE_SIGNS):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def read_metadata(item_dir: epath.Path, *, what: str):
+  """The stored tree's metadata; DamagedCheckpoint when its files are missing or unreadable."""
   try:
     return _item_tree_metadata(item_dir)
   except Exception as e:
-    raise ValueError(f"could not read the {what} metadata at {item_dir} "
-                     f"({_brief(e)}). The checkpoint may be truncated or corrupt: "
-                     "delete it, or pick another step") from e
+    if is_damage(e):
+      raise DamagedCheckpoint(f"the {what} metadata at {item_dir} is missing or unreadable "
+                              f"({brief_error(e)})") from e
+    raise RuntimeError(f"could not read the {what} metadata at {item_dir} "
+                       f"({brief_error(e)})") from e
 
 
-def _check_tree(abstract_tree, item_dir: epath.Path, *, what: str) -> None:
+def _check_tree(abstract_tree, item_dir: epath.Path, *, what: str, damaged=None) -> None:
   """Compare key paths and shapes with the checkpoint's metadata; raise ValueError on a mismatch."""
-  stored = _read_metadata(item_dir, what=what)
+  try:
+    stored = read_metadata(item_dir, what=what)
+  except DamagedCheckpoint as e:
+    if damaged is None:
+      raise
+    raise damaged(int(item_dir.parent.name), str(e)) from e
   problems = tree_mismatches(abstract_tree, stored)
   if problems:
     raise ValueError(f"the {what} in {item_dir} does not match the model:\n  - "
@@ -366,7 +418,7 @@ def _check_tree(abstract_tree, item_dir: epath.Path, *, what: str) -> None:
                      "to match it")
 
 
-def _brief(error: Exception, limit: int = 300) -> str:
+def brief_error(error: Exception, limit: int = 300) -> str:
   """The exception's type and first line, cut short (tensorstore errors embed whole specs)."""
   text = str(error).strip().splitlines()[0] if str(error).strip() else ""
   text = text if len(text) <= limit else text[:limit] + "..."
@@ -378,180 +430,3 @@ def _to_float(value: Any) -> float:
     return float(value)
   except (TypeError, ValueError) as e:
     raise ValueError(f"checkpoint metrics must be scalars, got {value!r}") from e
-
-
-# --------------------------------------------------------------------------- init_from
-
-def resolve_checkpoint(path: str | os.PathLike) -> tuple[epath.Path, int]:
-  """The step directory and step for `path`: a workdir, its `checkpoints` dir, or one step dir.
-
-  A workdir or checkpoints dir resolves to its latest finished step.
-  """
-  path = epath.Path(os.path.abspath(os.fspath(path)))
-  if not path.exists():
-    raise ValueError(f"checkpoint path {path} does not exist: give a workdir, its checkpoints "
-                     "directory, or one step directory inside it")
-  if (path / STATE).is_dir() and path.name.isdigit():
-    return path, int(path.name)
-  root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-  steps = sorted(int(p.name) for p in root.iterdir()
-                 if p.name.isdigit() and p.is_dir() and (p / STATE).is_dir())
-  if not steps:
-    raise ValueError(f"no finished checkpoint under {path}: expected <step>/{STATE} directories "
-                     f"(in {root}); give a workdir, its checkpoints directory, or a step "
-                     "directory")
-  return root / str(steps[-1]), steps[-1]
-
-
-def restore_params(path: str | os.PathLike, abstract_params: Any, *,
-                   key: str = PARAMS_KEY) -> Any:
-  """Only the parameters (`state[key]`) of the checkpoint at `path`, for `train.init_from`.
-
-  `path` is a workdir, its checkpoints directory, or one step directory (the latest step is
-  taken for the first two, and logged). The parameter tree is checked against `abstract_params`
-  (ShapeDtypeStructs, with shardings to restore onto) from the metadata alone, so a mismatch
-  raises ValueError naming the missing, unexpected and mis-shaped parameters before any array is
-  read or anything is compiled.
-  """
-  item_dir, stored = _stored_params(path, key)
-  problems = tree_mismatches(abstract_params, stored)
-  if problems:
-    raise ValueError(f"init_from={path}: the parameters in {item_dir} do not fit the model:\n  - "
-                     + "\n  - ".join(problems)
-                     + "\nUse a checkpoint of the same architecture (or change the model config)")
-  return _restore_part(item_dir, key, abstract_params)
-
-
-def _stored_params(path: str | os.PathLike, key: str) -> tuple[epath.Path, Any]:
-  """`(item dir, metadata tree of state[key])` of the checkpoint at `path` (a workdir, its
-  checkpoints directory or one step; the latest step for the first two, logged)."""
-  step_dir, step = resolve_checkpoint(path)
-  item_dir = step_dir / STATE
-  logging.info("init_from: loading parameters from %s (step %d)", step_dir, step)
-  stored = _read_metadata(item_dir, what="checkpoint")
-  if not isinstance(stored, Mapping) or key not in stored:
-    found = sorted(stored) if isinstance(stored, Mapping) else type(stored).__name__
-    raise ValueError(f"the checkpoint at {item_dir} has no {key!r} entry (top-level keys: "
-                     f"{found}); init_from needs a train-state checkpoint written by posjax")
-  return item_dir, stored[key]
-
-
-def _restore_part(item_dir: epath.Path, key: str, abstract_tree: Any) -> Any:
-  """`state[key]` restored onto `abstract_tree`, which may hold only part of the stored tree."""
-  item = {key: abstract_tree}
-  try:
-    restored = ocp.PyTreeCheckpointer().restore(
-        item_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=_restore_args(item),
-                                              partial_restore=True))
-  except Exception as e:
-    raise ValueError(f"could not read the parameters at {item_dir} ({_brief(e)}); "
-                     "the checkpoint may be truncated or corrupt") from e
-  return restored[key]
-
-
-def _subtree(stored, wanted: dict[str, Any], prefix: str = ""):
-  """The part of the stored metadata tree whose leaves are in `wanted` (by path), as nested dicts
-  with the stored keys, each leaf replaced by `wanted[path]`; None if nothing is wanted."""
-  if isinstance(stored, Mapping):
-    out = {}
-    for k, v in stored.items():
-      sub = _subtree(v, wanted, f"{prefix}/{k}" if prefix else str(k))
-      if sub is not None:
-        out[k] = sub
-    return out or None
-  return wanted.get(prefix)
-
-
-def restore_pretrained(path: str | os.PathLike, abstract_params: Any, *,
-                       source_path: Callable[[tuple[str, ...]], tuple[str, ...]] = tuple,
-                       key: str = PARAMS_KEY) -> tuple[dict[str, Any], list[str], list[str]]:
-  """The parameters of a model that a checkpoint of a *different* model holds (fine-tuning).
-
-  Each parameter of `abstract_params` (a pure-dict tree of ShapeDtypeStructs with shardings) is
-  looked up in the checkpoint at `source_path(its path)`: a masked-LM run's encoder fills a
-  classifier's encoder; the head, and any module the checkpoint lacks, stay as initialised.
-
-  Returns `(loaded, fresh, unused)`: `{model path: array}` of what was read, the model paths left
-  as initialised, and the checkpoint paths nothing asked for (e.g. the MLM head). Raises
-  ValueError, before reading any array, when a shape differs or nothing matches at all.
-  """
-  item_dir, stored = _stored_params(path, key)
-  have = _flat_shapes(stored)
-  leaves = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
-  wanted, sources, fresh, problems = {}, {}, [], []
-  for keys, leaf in leaves:
-    names = tuple(key_name(k) for k in keys)
-    model_path, source = "/".join(names), "/".join(source_path(names))
-    if source not in have:
-      fresh.append(model_path)
-    elif have[source] != tuple(leaf.shape):
-      problems.append(f"{source}: model {tuple(leaf.shape)}, checkpoint {have[source]}")
-    else:
-      wanted[source], sources[source] = leaf, model_path
-  if problems:
-    raise ValueError(f"init_from={path}: shapes differ between the model and {item_dir}:\n  - "
-                     + "\n  - ".join(problems) + "\nPretrain with the same model config "
-                     "(dim, layers, heads, positional scheme and its options)")
-  if not wanted:
-    raise ValueError(f"init_from={path}: no parameter of the model is in {item_dir} (it holds "
-                     f"{', '.join(sorted(have)[:5])}, ...); is it a checkpoint of this model "
-                     "family's backbone?")
-  restored = _restore_part(item_dir, key, _subtree(stored, wanted))
-  flat = jax.tree_util.tree_flatten_with_path(restored)[0]
-  loaded = {sources["/".join(key_name(k) for k in keys)]: value for keys, value in flat}
-  unused = sorted(set(have) - set(wanted))
-  return loaded, fresh, unused
-
-
-# --------------------------------------------------------------------------- preemption
-
-def install_preemption_handler(signals=(signal.SIGTERM,)) -> Callable[..., bool]:
-  """Make SIGTERM (by default) set a flag instead of killing the process; returns `is_requested`.
-
-  The training loop polls `is_requested(step)` once per step, and when it is True saves a
-  checkpoint (`force=True`), waits for it and exits cleanly. A second signal is not swallowed:
-  the handler that was there before is put back after the first one, so a repeated SIGTERM still
-  kills; `is_requested.uninstall()` puts it back too (call it when the loop ends). Installing
-  again (a second `train()` in one process) replaces the first handler rather than stacking.
-
-  With several processes, pass the step: the answer then comes from
-  `jax.experimental.multihost_utils.reached_preemption_sync_point`, which is True on every host
-  at the same step once any host was told to stop (JAX's preemption service, started by
-  `jax.distributed.initialize`), so all hosts save the same step; without that service each host
-  falls back to its own flag. Install it from the main thread (Python's rule for signal handlers).
-  """
-  requested = threading.Event()
-  previous = {}
-
-  def handler(signum, frame):
-    del frame
-    logging.warning("received signal %d: will checkpoint and stop at the next step", signum)
-    requested.set()
-    signal.signal(signum, previous[signum])
-
-  for sig in signals:
-    current = signal.getsignal(sig)
-    # Not stacking on an earlier handler of ours; None (set outside Python) means the default.
-    current = getattr(current, "_posjax_previous", current)
-    previous[sig] = signal.SIG_DFL if current is None else current
-    handler._posjax_previous = previous[sig]
-    signal.signal(sig, handler)
-
-  def is_requested(step: Optional[int] = None) -> bool:
-    if step is not None and jax.process_count() > 1:
-      # Hosts must agree on the step at which they all save, or the collective save hangs:
-      # trust the synchronized answer, and this host's own flag only without the service.
-      try:
-        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-        return bool(multihost_utils.reached_preemption_sync_point(int(step)))
-      except RuntimeError:  # no preemption service (jax.distributed not initialized)
-        pass
-    return requested.is_set()
-
-  def uninstall() -> None:
-    for sig, old in previous.items():
-      if signal.getsignal(sig) is handler:
-        signal.signal(sig, old)
-
-  is_requested.uninstall = uninstall
-  return is_requested

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from posjax import encodings, models
-from posjax.train import sharding
-from posjax.train.trainable import make_trainable
+from posjax.run import sharding
+from posjax.run.trainable import make_trainable
 
 CFG = models.TransformerConfig(vocab_size=48, dim=32, num_layers=2, num_heads=4, mlp_dim=64,
                                pe="alibi", attention_backend="xla", use_bias=False)
