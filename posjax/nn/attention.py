@@ -134,8 +134,8 @@ class Attention(nnx.Module):
               kv_segment_ids_BK: Optional[jax.Array] = None) -> jax.Array:
     """probs_BHQK: float32 `[B, H, Q, K]` attention probabilities of `__call__` with these inputs.
 
-    Computed by `attention_core.attention_probs`, the code of the xla and chunked backends,
-    whatever this layer's backend. `__call__` returns `out(Σ_j probs_BHQK · v_j)` (query head h
+    Computed by `attention_core.attention_probs`, the code of the xla backend (the chunked
+    backend computes the same softmax blockwise), whatever this layer's backend. `__call__` returns `out(Σ_j probs_BHQK · v_j)` (query head h
     reads value head h // (num_heads // num_kv_heads)), plus the scheme's value term (Shaw with
     `values=True`) before `out`. A query that sees no key (padding) gets zeros. No decoding: the
     cache is neither read nor written.
