@@ -155,14 +155,23 @@ def test_a_block_is_skipped_only_if_its_mask_is_empty():
 
 
 SHAW_VALUES = {"max_distance": 3, "values": True}
-SCHEMES = [(pe, None, True) for pe in ("rope", "xpos", "alibi", "t5", "kerple_log", "sandwich",
-                                       "fire", "transformer_xl", "nope")] + [
-    ("shaw", SHAW_VALUES, True), ("shaw", SHAW_VALUES, False), ("t5", None, False),
-    ("transformer_xl", None, False)]
 
 
-@pytest.mark.parametrize("pe, options, causal", SCHEMES, ids=[
-    f"{pe}-{'causal' if causal else 'bidirectional'}" for pe, _, causal in SCHEMES])
+def _scheme(pe, options=None, causal=True, slow=False):
+  return pytest.param(pe, options, causal, id=f"{pe}-{'causal' if causal else 'bidirectional'}",
+                      marks=[pytest.mark.slow] if slow else [])
+
+
+# The fast tier keeps one scheme per kind of hook (rotate, T5's all-heads bias, content, values).
+SCHEMES = [_scheme("rope"), _scheme("t5"), _scheme("transformer_xl"), _scheme("shaw", SHAW_VALUES)]
+SCHEMES += [_scheme(pe, slow=True) for pe in ("xpos", "alibi", "kerple_log", "sandwich", "fire",
+                                              "nope")]
+SCHEMES += [_scheme("shaw", SHAW_VALUES, causal=False, slow=True),
+            _scheme("t5", causal=False, slow=True),
+            _scheme("transformer_xl", causal=False, slow=True)]
+
+
+@pytest.mark.parametrize("pe, options, causal", SCHEMES)
 def test_every_scheme_through_the_layer(pe, options, causal):
   """The layer with chunked attention equals it with xla: output and every parameter's grad."""
   positions, _, segments, _ = _masks()["packed_and_padded"]
