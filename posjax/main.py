@@ -6,8 +6,8 @@
 A workdir holds one run (`posjax.run.record`). Resuming it needs the config it was trained with
 (a differing training field is an error that lists it); `mode=eval` and `mode=generate` rebuild
 the run from its recorded config whatever config file is named, taking from the command line only
-its evaluation and generation options and the fields set explicitly with `--config.<field>`
-(training fields among those only with `--allow_changes`).
+`mode` and the fields set explicitly with `--config.<field>` (evaluation and generation options
+freely, training fields only with `--allow_changes`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -86,7 +87,7 @@ def test_sigterm_saves_and_exits_0(tmp_path):
                              env=dict(os.environ))
   try:
     for line in process.stderr:  # wait until it trains
-      if line.startswith("step 2/"):
+      if re.match(r"step +2/", line):
         break
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=300)

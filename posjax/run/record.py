@@ -127,31 +127,18 @@ def check(workdir: str | os.PathLike, config: Any, *,
 
 def for_workdir(workdir: str | os.PathLike, given: Any, *, overrides: Iterable[str] = (),
                 allow_changes: AllowChanges = False) -> ml_collections.ConfigDict:
-  """The config to evaluate or generate from the run in `workdir`: the recorded training fields,
-  with the `RUN_OPTIONS` of `given` (the command line's config), and the fields named in
-  `overrides` (those the command line set explicitly) taken from `given`; an override of a
-  training field must be allowed. Without a record, `given` as it is."""
+  """The config to evaluate or generate from the run in `workdir`: the recorded one, with the
+  `mode` of `given` (the command line's config) and the fields named in `overrides` (those the
+  command line set explicitly) taken from `given`; an override of a training field must be
+  allowed. Without a record, `given` as it is."""
   recorded = read_config(workdir)
   if recorded is None:
     return given
   config = ml_collections.ConfigDict(recorded.to_dict())
-  for name in RUN_OPTIONS:
-    _copy_field(given, config, name)
-  changed = [name for name in overrides if not _covered(name, RUN_OPTIONS)
-             and _get(given, name) != _get(config, name)]
-  for name in changed:
+  for name in ("mode", *overrides):
     _copy_field(given, config, name)
   check(workdir, config, allow_changes=allow_changes)
   return config
-
-
-def _get(config: Any, dotted: str) -> Any:
-  node = config
-  for part in dotted.split("."):
-    if not hasattr(node, "keys") or part not in node:
-      return "<absent>"
-    node = node[part]
-  return _normalize(dotted, node.to_dict() if hasattr(node, "to_dict") else node)
 
 
 def _copy_field(source: Any, target: ml_collections.ConfigDict, dotted: str) -> None:
