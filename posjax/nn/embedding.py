@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from posjax.data.tokenizers import check_token_ids
 from posjax.nn.positional import PositionalEncoding
 
 
@@ -46,6 +47,11 @@ class InputEmbedding(nnx.Module):
 
   def __call__(self, tokens_BL: jax.Array, positions_BL: jax.Array,
                token_types_BL: Optional[jax.Array] = None) -> jax.Array:
+    if not isinstance(tokens_BL, jax.core.Tracer):
+      # A gather clamps an out-of-range id to a real row (or gives NaN) without a word. Called
+      # eagerly, the ids are checked here; jitted callers check them where the data enters
+      # (`posjax.run.experiment.Run.global_batch`), since a traced value cannot be inspected.
+      check_token_ids(tokens_BL, self.vocab_size, what="token ids")
     x = self.tokens(tokens_BL)
     if self.scale != 1.0:
       x = x * jnp.asarray(self.scale, x.dtype)

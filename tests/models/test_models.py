@@ -204,3 +204,14 @@ def test_dropout_is_active_in_training_only():
   assert not np.allclose(model(x), model(x))
   model.eval()
   np.testing.assert_array_equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("family", ["decoder", "mlm", "encoder_decoder"])
+def test_out_of_range_token_ids_are_an_error_not_a_wrapped_row(family):
+  # A gather clamps id 256 to the last row and wraps -1 to it: both used to run silently.
+  model = models.build(family, models.TransformerConfig(vocab_size=256, dim=32, num_layers=1,
+                                                        num_heads=4, pe="alibi"))
+  for bad in (256, -1):
+    tokens = jnp.array([[1, 2, bad]])
+    with pytest.raises(ValueError, match=rf"contain id {bad} outside the vocabulary of size 256"):
+      model(tokens, tokens) if family == "encoder_decoder" else model(tokens)
