@@ -69,6 +69,7 @@ def passkey_heatmaps(config, workdir, out_dir, run, target, methods, ft_scalings
   """The passkey grid of each method in `methods` at the heatmap lengths; writes the report."""
   from posjax.evaluate import context_extension as ce
   from posjax.evaluate import extrapolation, passkey, report
+  from posjax.train import context_extension as extend
   lengths = [int(round(run.train_len * float(m))) for m in _HM_MULT.value]
   depths = [float(d) for d in _HM_DEPTHS.value]
   by_label = {finetune_label(s): s for s in ft_scalings} if _FT_STEPS.value else {}

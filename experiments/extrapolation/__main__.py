@@ -24,6 +24,10 @@ _SCHEMES = flags.DEFINE_list("schemes", "nope,sinusoidal,rope,alibi", "Schemes t
 _MULTIPLIERS = flags.DEFINE_list("multipliers", "1,2,4,8,16,32", "Lengths, × data.seq_len.")
 _STRIDE = flags.DEFINE_float("stride_fraction", 0.5, "Sliding stride as a fraction of window.")
 _TOKENS = flags.DEFINE_integer("num_tokens", 16384, "Validation targets scored per length.")
+_TEXT = flags.DEFINE_string(
+    "text", "", "Score this text (a .txt file or folder; its validation part) instead of the runs' "
+    "own validation data; each run's report goes to extrapolation_<text>/ and the comparison to "
+    "comparison_<text>.*, next to the reports on the runs' own data.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -55,13 +59,19 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"unknown scheme(s) {unknown}; known: {', '.join(encodings.names())}")
   multipliers = [float(m) if "." in m else int(m) for m in _MULTIPLIERS.value]
+  other = None
+  if _TEXT.value:
+    other = ml_collections.ConfigDict(dict(_CONFIG.value.data.to_dict(), name="text",
+                                           path=_TEXT.value))
   results = []
   for scheme in _SCHEMES.value:
     workdir = os.path.join(_WORKDIR.value, scheme)
     results.append(train_and_evaluate(scheme_config(_CONFIG.value, scheme), workdir,
-                                      multipliers=multipliers,
+                                      multipliers=multipliers, data_config=other,
                                       stride_fraction=_STRIDE.value, num_tokens=_TOKENS.value))
-  paths = extrapolation.write_comparison(results, _WORKDIR.value)
+  name = "comparison" + ("_" + os.path.basename(os.path.normpath(_TEXT.value)).split(".")[0]
+                         if _TEXT.value else "")
+  paths = extrapolation.write_comparison(results, _WORKDIR.value, name=name)
   print(open(paths["md"]).read(), flush=True)
 
 

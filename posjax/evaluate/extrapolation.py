@@ -34,185 +34,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Callable, Optional, Sequence
+import re
+from typing import Optional, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
-from posjax import data, encodings, models
+from posjax import data
 from posjax.evaluate import report
-from posjax.run import sharding, steps
+from posjax.evaluate.scoring import RunModel, Scorer, load_run, make_scorer, max_positions
 from posjax.run.experiment import Run
-from posjax.run.record import AllowChanges
 
 DEFAULT_MULTIPLIERS = (1, 2, 4, 8, 16, 32)
 PROTOCOLS = ("windows", "sliding")
-
-
-# ------------------------------------------------------------------------------- the model
-
-
-@dataclasses.dataclass
-class RunModel:
-  """A trained run ready to score: its `Run`, parameters and other model state."""
-  run: Run
-  params: Any               # pure dict of parameter arrays (sharded on run.mesh)
-  rest: Any                 # pure dict of the model's other state
-  step: int
-
-  @property
-  def config(self):
-    return self.run.config
-
-  @property
-  def cfg(self) -> models.TransformerConfig:
-    return self.run.cfg
-
-  @property
-  def tokenizer(self):
-    return self.run.tokenizer
-
-  @property
-  def train_len(self) -> int:
-    return int(self.config.data.seq_len)
-
-  @property
-  def name(self) -> str:
-    return self.cfg.pe
-
-
-def load_run(workdir: str, config=None, *, step: Optional[int] = None, state=None,
-             run: Optional[Run] = None, allow_changes: AllowChanges = False) -> RunModel:
-  """The run in `workdir` at checkpoint `step` (default: the latest), as it was trained.
-
-  Without `config`, the run's recorded config; a `config` must agree with the record in its
-  training fields (see `posjax.run.record`; `allow_changes` names those that may differ). Pass
-  `state` (e.g. just returned by `posjax.train.loop.train`) to skip restoring, and `run` to reuse
-  a `Run`. Raises `ValueError` when the workdir holds no checkpoint.
-  """
-  if run is None:
-    run = (Run.from_workdir(workdir, allow_changes=allow_changes) if config is None
-           else Run(config, workdir, allow_changes=allow_changes))
-  if run.config.model.family != "decoder":
-    raise ValueError(f"length extrapolation scores next-token loss: it needs a decoder run, not "
-                     f"model.family={run.config.model.family!r}")
-  if state is None:
-    if run.checkpointer.latest_step() is None:
-      raise ValueError(f"{workdir} has no checkpoint to evaluate: train the run first "
-                       f"(python -m posjax.main --config=... --workdir={workdir})")
-    state, _ = run.restore(step)
-  return RunModel(run, state.params, state.rest, int(state.step))
-
-
-def max_positions(cfg: models.TransformerConfig) -> Optional[int]:
-  """The longest input the scheme can read (`max_len` of a position table), or None if any."""
-  defaults = encodings.get(cfg.pe).defaults
-  if "max_len" not in defaults:
-    return None
-  return int(cfg.pe_options.get("max_len", defaults["max_len"]))
-
-
-class Scorer:
-  """Per-token cross-entropy and argmax of a model on contiguous windows.
-
-  `__call__(inputs_NW, targets_NW)` scores N windows of W tokens at positions 0..W-1 (one
-  segment each), in batches of rows that hold about `tokens_per_batch` tokens (a multiple of
-  `shards`, the data-parallel ways; the last batch is padded with empty rows). Returns numpy
-  `(xent_NW float32, prediction_NW int32)`.
-  """
-
-  def __init__(self, step_fn: Callable[[dict], dict], *, tokens_per_batch: int = 4096,
-               shards: int = 1, place: Optional[Callable[[dict], dict]] = None):
-    self._step_fn, self._place = step_fn, place or (lambda b: b)
-    self.tokens_per_batch, self.shards = int(tokens_per_batch), int(shards)
-
-  @classmethod
-  def from_logits_fn(cls, logits_fn: Callable[[np.ndarray], np.ndarray], **kwargs) -> "Scorer":
-    """A scorer of any `logits_fn(inputs_BW) -> logits_BWV` (tests, fake or foreign models)."""
-
-    def step_fn(batch):
-      logits = np.asarray(logits_fn(batch["inputs"]), np.float64)
-      log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
-      picked = np.take_along_axis(logits, batch["targets"][..., None], -1)[..., 0]
-      return {"xent": (log_z - picked).astype(np.float32),
-              "prediction": logits.argmax(-1).astype(np.int32)}
-
-    return cls(step_fn, **kwargs)
-
-  def rows_for(self, window: int) -> int:
-    rows = max(1, self.tokens_per_batch // window) // self.shards * self.shards
-    return max(self.shards, rows)
-
-  def __call__(self, inputs_NW, targets_NW) -> tuple[np.ndarray, np.ndarray]:
-    inputs_NW, targets_NW = np.asarray(inputs_NW, np.int32), np.asarray(targets_NW, np.int32)
-    num, window = inputs_NW.shape
-    rows = self.rows_for(window)
-    xents, predictions = [], []
-    for start in range(0, num, rows):
-      chunk = slice(start, min(start + rows, num))
-      n = chunk.stop - chunk.start
-      pad = [(0, rows - n), (0, 0)]
-      batch = {"inputs": np.pad(inputs_NW[chunk], pad),
-               "targets": np.pad(targets_NW[chunk], pad),
-               "positions": np.broadcast_to(np.arange(window, dtype=np.int32), (rows, window)),
-               "segment_ids": np.pad(np.ones((n, window), np.int32), pad)}
-      out = jax.device_get(self._step_fn(self._place(batch)))
-      xents.append(np.asarray(out["xent"])[:n])
-      predictions.append(np.asarray(out["prediction"])[:n])
-    return np.concatenate(xents), np.concatenate(predictions)
-
-
-def make_scorer(run: RunModel, *, attention_backend: Optional[str] = "chunked",
-                tokens_per_batch: Optional[int] = None, **cfg_changes) -> Scorer:
-  """A `Scorer` of the run's parameters in a model rebuilt with `cfg_changes`.
-
-  `cfg_changes` are `TransformerConfig` fields that leave the parameters unchanged (e.g.
-  `pe_options` with a RoPE scaling). `attention_backend` (default `chunked`, memory-safe at any
-  length; None keeps the run's) replaces the run's backend. `tokens_per_batch` defaults to
-  `eval.batch_size × data.seq_len`, so long windows go a few rows at a time. One process only:
-  every process would feed the same windows, so several processes are refused.
-  """
-  if jax.process_count() > 1:
-    raise NotImplementedError("length evaluation runs in one process; on a multi-host mesh, run "
-                              "it on one host (e.g. a single-host mesh of the same parameters)")
-  if attention_backend is not None:
-    cfg_changes["attention_backend"] = attention_backend
-  cfg = run.cfg.replace(**cfg_changes)
-  seed = run.config.seed
-  _, eval_graphdef, abstract_params, _ = steps.split_model(
-      nnx.eval_shape(lambda: models.build(run.run.family, cfg, seed=seed)))
-  mismatches = _tree_mismatch(nnx.to_pure_dict(abstract_params), run.params)
-  if mismatches:
-    raise ValueError(f"the model rebuilt with {cfg_changes} does not take the run's parameters: "
-                     f"{mismatches}; change only options that add no parameters")
-
-  @jax.jit
-  def step_fn(params, rest, batch):
-    logits, _ = steps.forward(eval_graphdef, params, rest, batch)
-    xent = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
-                                                           batch["targets"])
-    return {"xent": xent, "prediction": jnp.argmax(logits, axis=-1).astype(jnp.int32)}
-
-  mesh = run.run.mesh
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if tokens_per_batch is None:
-    tokens_per_batch = run.config.eval.batch_size * run.train_len
-  return Scorer(lambda batch: step_fn(run.params, run.rest, batch),
-                tokens_per_batch=tokens_per_batch, shards=shards,
-                place=lambda batch: sharding.global_batch(batch, mesh))
-
-
-def _shapes(tree) -> dict[str, tuple]:
-  return {jax.tree_util.keystr(k): np.shape(v)
-          for k, v in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def _tree_mismatch(expected, found) -> list[str]:
-  a, b = _shapes(expected), _shapes(found)
-  return [f"{k}: {a.get(k)} vs {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 # ---------------------------------------------------------------------------------- the text
@@ -337,6 +170,7 @@ class ExtrapolationResult:
   rows: list[dict]                    # one per (length, protocol), skipped lengths included
   by_position: dict[int, ProtocolResult]   # window length -> `windows` result with buckets
   notes: list[str]
+  data: str = ""                      # the text scored, when it is not the run's own data
 
 
 def stride_for(window: int, stride: Optional[int], stride_fraction: float) -> int:
@@ -353,8 +187,12 @@ def evaluate_lengths(run: RunModel, multipliers: Sequence[float] = DEFAULT_MULTI
                      protocols: Sequence[str] = PROTOCOLS, stride: Optional[int] = None,
                      stride_fraction: float = 0.5, num_tokens: int = 16384,
                      num_buckets: int = 32, scorer: Optional[Scorer] = None,
-                     name: Optional[str] = None, split: str = "validation") -> ExtrapolationResult:
-  """Both protocols and loss by position at `train_len × m` for each multiplier m."""
+                     name: Optional[str] = None, split: str = "validation",
+                     data_config=None) -> ExtrapolationResult:
+  """Both protocols and loss by position at `train_len × m` for each multiplier m.
+
+  The text is `split` of the run's own data, or of `data_config` (another corpus, read with the
+  run's tokenizer), which the result then names (`ExtrapolationResult.data`)."""
   unknown = sorted(set(protocols) - set(PROTOCOLS))
   if unknown:
     raise ValueError(f"unknown protocol(s) {unknown}; choose from {PROTOCOLS}")
@@ -374,9 +212,13 @@ def evaluate_lengths(run: RunModel, multipliers: Sequence[float] = DEFAULT_MULTI
   if not usable:
     raise ValueError(f"no evaluation length fits the {run.cfg.pe} table of max_len={limit}")
   num = text_length(usable, num_tokens)
-  stream = validation_stream(run.config.data, run.run.tokenizer, num, split=split)
-  notes.append(f"text: the first {num} targets of the {split} split ({run.config.data.name}), "
-               "the same for every length and protocol")
+  other = data_config is not None
+  data_config = data_config if other else run.config.data
+  stream = validation_stream(data_config, run.run.tokenizer, num, split=split)
+  source = describe_data(data_config)
+  notes.append(f"text: the first {num} targets of the {split} split of {source}"
+               + (" (not the data the run was trained on)" if other else "")
+               + ", the same for every length and protocol")
   scorer = scorer or make_scorer(run)
   rows, by_position = [], {}
   for multiplier, length in zip(multipliers, lengths):
@@ -397,7 +239,14 @@ def evaluate_lengths(run: RunModel, multipliers: Sequence[float] = DEFAULT_MULTI
       rows.append({**base, "protocol": protocol, "stride": result.stride, "loss": result.loss,
                    "perplexity": result.perplexity, "accuracy": result.accuracy,
                    "tokens": result.tokens, "note": ""})
-  return ExtrapolationResult(name, train_len, rows, by_position, notes)
+  return ExtrapolationResult(name, train_len, rows, by_position, notes,
+                             data=source if other else "")
+
+
+def describe_data(data_config) -> str:
+  """A data config as a report names it: `shakespeare`, or `text:/path/to/file.txt`."""
+  path = data_config.get("path", "") if hasattr(data_config, "get") else ""
+  return f"{data_config.name}:{path}" if path else str(data_config.name)
 
 
 def position_rows(result: ExtrapolationResult) -> list[dict]:
@@ -441,7 +290,8 @@ def write_report(result: ExtrapolationResult, out_dir: str) -> dict[str, str]:
              "tokens", "note"]
   paths["md"] = report.write_markdown(
       os.path.join(out_dir, "results.md"), result.rows, columns=columns,
-      title=f"Perplexity by length: {result.name} (trained at {result.train_len} tokens)",
+      title=f"Perplexity by length: {result.name} (trained at {result.train_len} tokens)"
+      + (f", on {result.data}" if result.data else ""),
       notes=result.notes)
   train_mark = [(result.train_len, f"train length {result.train_len}")]
   paths["ppl_png"] = report.line_plot(
@@ -464,10 +314,14 @@ def run_extrapolation(workdir: str, config=None, *, out_dir: Optional[str] = Non
                       run: Optional[Run] = None,
                       **kwargs) -> tuple[ExtrapolationResult, dict[str, str]]:
   """Load the run (see `load_run`), evaluate every length (kwargs of `evaluate_lengths`), write
-  the report under `<workdir>/extrapolation/` (or `out_dir`)."""
+  the report under `<workdir>/extrapolation/` (or `out_dir`). Another text (`data_config=`)
+  gets a directory of its own, `extrapolation_<its name>/`: the run's own report stays."""
   run = load_run(workdir, config, state=state, run=run)
   result = evaluate_lengths(run, **kwargs)
-  return result, write_report(result, out_dir or os.path.join(workdir, "extrapolation"))
+  if out_dir is None:
+    suffix = "_" + re.sub(r"[^A-Za-z0-9]+", "_", result.data).strip("_") if result.data else ""
+    out_dir = os.path.join(workdir, "extrapolation" + suffix)
+  return result, write_report(result, out_dir)
 
 
 def comparison_rows(results: Sequence[ExtrapolationResult]) -> list[dict]:
@@ -483,10 +337,11 @@ def comparison_rows(results: Sequence[ExtrapolationResult]) -> list[dict]:
   return rows
 
 
-def write_comparison(results: Sequence[ExtrapolationResult], out_dir: str) -> dict[str, str]:
-  """`comparison.csv` (every row of every scheme), `comparison.md` (perplexity by scheme,
-  protocol and length) and `comparison.png` (one color per scheme; solid: windows, dashed:
-  sliding) under `out_dir`."""
+def write_comparison(results: Sequence[ExtrapolationResult], out_dir: str, *,
+                     name: str = "comparison") -> dict[str, str]:
+  """`<name>.csv` (every row of every scheme), `<name>.md` (perplexity by scheme, protocol and
+  length) and `<name>.png` (one color per scheme; solid: windows, dashed: sliding) under
+  `out_dir`."""
   os.makedirs(out_dir, exist_ok=True)
   all_rows = [r for result in results for r in result.rows]
   notes = list(dict.fromkeys(n for result in results for n in result.notes))
@@ -497,15 +352,16 @@ def write_comparison(results: Sequence[ExtrapolationResult], out_dir: str) -> di
       series.append(s)
   train_lens = sorted({r.train_len for r in results})
   return {
-      "csv": report.write_csv(os.path.join(out_dir, "comparison.csv"), all_rows),
+      "csv": report.write_csv(os.path.join(out_dir, f"{name}.csv"), all_rows),
       "md": report.write_markdown(
-          os.path.join(out_dir, "comparison.md"), comparison_rows(results),
-          title="Validation perplexity by evaluation length", notes=notes,
+          os.path.join(out_dir, f"{name}.md"), comparison_rows(results),
+          title="Validation perplexity by evaluation length"
+          + (f", on {results[0].data}" if results and results[0].data else ""), notes=notes,
           intro=f"Trained at {', '.join(map(str, train_lens))} tokens. `windows`: "
                 "non-overlapping windows; `sliding`: each token scored once in a sliding "
                 "window (see posjax/evaluate/extrapolation.py). Empty cells: skipped."),
       "png": report.line_plot(
-          os.path.join(out_dir, "comparison.png"), series, xlabel="evaluation length (tokens)",
+          os.path.join(out_dir, f"{name}.png"), series, xlabel="evaluation length (tokens)",
           ylabel="validation perplexity", title="Perplexity vs length (solid: windows, "
           "dashed: sliding)", log2_x=True, log_y=True,
           vlines=[(n, f"train length {n}") for n in train_lens], size=(8.0, 5.5)),

@@ -15,7 +15,6 @@ positions and the cache keeps them.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import os

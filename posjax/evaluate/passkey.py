@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from posjax.evaluate import report
-from posjax.evaluate.extrapolation import RunModel, Scorer, make_scorer, max_positions
+from posjax.evaluate.scoring import RunModel, Scorer, make_scorer, max_positions
 
 FILLER_SENTENCES = ("The grass is green. ", "The sky is blue. ", "The sun is yellow. ",
                     "Here we go. ", "There and back again. ")

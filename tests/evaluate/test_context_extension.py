@@ -11,7 +11,7 @@ import pytest
 from posjax.evaluate import context_extension as ce
 from posjax.evaluate import extrapolation as ex
 from posjax.train import context_extension as extend
-from test_extrapolation import fresh_run, tiny_config
+from test_extrapolation import fresh_run, save_checkpoint, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +77,7 @@ def test_finetune_config():
 
 
 def test_finetune_starts_from_the_base_parameters(tmp_path, rope_run):
-  from posjax.run import checkpointing
-  state = rope_run.run.trainable.abstract_state
-  saved = state.replace(step=np.int32(6), params=rope_run.params, rest=rope_run.rest,
-                        opt_state=jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                                               state.opt_state))
-  with checkpointing.Checkpointer(str(tmp_path / "base")) as checkpointer:
-    checkpointer.save(6, saved)
+  save_checkpoint(rope_run, tmp_path / "base", 6)
   config, state = extend.finetune(rope_run.config, str(tmp_path / "base"), str(tmp_path / "ft"), 64,
                               steps=1, scaling="linear", learning_rate=1e-30, warmup_steps=0)
   assert int(state.step) == 1 and config.data.seq_len == 64

@@ -36,6 +36,17 @@ def fresh_run(workdir, **overrides) -> ex.RunModel:
   return ex.RunModel(run, params, rest, 0)
 
 
+def save_checkpoint(run: ex.RunModel, workdir, step: int) -> None:
+  """`run`'s parameters as the checkpoint of `step` in `workdir` (a zero optimizer state)."""
+  from posjax.run import checkpointing
+  state = run.run.trainable.abstract_state
+  saved = state.replace(step=np.int32(step), params=run.params, rest=run.rest,
+                        opt_state=jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                                               state.opt_state))
+  with checkpointing.Checkpointer(str(workdir)) as checkpointer:
+    checkpointer.save(step, saved)
+
+
 @pytest.fixture(scope="module")
 def rope_run(tmp_path_factory):
   return fresh_run(tmp_path_factory.mktemp("rope"))
@@ -171,13 +182,7 @@ def test_learned_table_skips_longer_lengths_with_a_note(tmp_path):
 
 
 def test_a_run_from_its_checkpoint(tmp_path, rope_run):
-  from posjax.run import checkpointing
-  state = rope_run.run.trainable.abstract_state
-  saved = state.replace(step=np.int32(7), params=rope_run.params, rest=rope_run.rest,
-                        opt_state=jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                                               state.opt_state))
-  with checkpointing.Checkpointer(str(tmp_path)) as checkpointer:
-    checkpointer.save(7, saved)
+  save_checkpoint(rope_run, tmp_path, 7)
   result, paths = ex.run_extrapolation(str(tmp_path), rope_run.config, multipliers=(1,),
                                        num_tokens=64, protocols=("windows",))
   assert np.isfinite(result.rows[0]["loss"]) and result.rows[0]["tokens"] == 64
@@ -191,3 +196,22 @@ def test_a_run_from_its_checkpoint(tmp_path, rope_run):
 def test_a_workdir_without_checkpoint_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="no checkpoint to evaluate"):
     ex.load_run(str(tmp_path), tiny_config())
+
+
+def test_another_text_is_named_and_reported_apart(tmp_path, rope_run):
+  import ml_collections
+  save_checkpoint(rope_run, tmp_path, 7)
+  verse = tmp_path / "verse.txt"
+  verse.write_text("Shall I compare thee to a summer's day?\n" * 200)
+  other = ml_collections.ConfigDict(dict(rope_run.config.data.to_dict(), name="text",
+                                         path=str(verse)))
+  kwargs = dict(multipliers=(1,), num_tokens=64, protocols=("windows",))
+  own, _ = ex.run_extrapolation(str(tmp_path), rope_run.config, **kwargs)
+  result, paths = ex.run_extrapolation(str(tmp_path), rope_run.config, data_config=other,
+                                       **kwargs)
+  assert result.data == f"text:{verse}" and own.data == ""
+  assert pathlib.Path(paths["md"]).parent.name.startswith("extrapolation_text_")
+  assert (tmp_path / "extrapolation" / "results.md").exists()  # the run's own report stays
+  text = open(paths["md"]).read()
+  assert f"on text:{verse}" in text and "not the data the run was trained on" in text
+  assert result.rows[0]["loss"] != own.rows[0]["loss"]
