@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from experiments.bench import attention
 from posjax.kernels import ScoreMod, fused_attention
-from posjax.kernels.spec import triton_options
+from posjax.kernels.layout import triton_options
 
 SCHEMES = ("none", "alibi", "t5", "kerple_log", "kerple_power", "sandwich", "fire")
 KERNELS = ("forward", "dq_and_bias", "dk_dv")  # the order in which the backward pass lowers them

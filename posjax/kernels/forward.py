@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import pallas as pl
 
 from posjax.kernels import tiles
 from posjax.kernels.spec import KernelSpec, head_specs

@@ -9,7 +9,7 @@ from typing import Optional, Union
 from jax.experimental import pallas as pl
 
 from posjax.kernels.hoist import SplitScoreMod
-from posjax.kernels.layout import BHLD, BLHD, triton_options  # noqa: F401 (re-exported)
+from posjax.kernels.layout import BHLD, BLHD
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from posjax.kernels import ScoreMod, fused_attention
+from posjax.kernels import ScoreMod, fused_attention, fused_by_default
 
 
 class Keys(NamedTuple):
@@ -82,7 +82,7 @@ def _grouped_values(probs_BHQK, v_BKGD, dtype=None):
   """`[B, Q, H, D]` Σ_k probs · v (probs cast to v's dtype), in `dtype` (default v's); query
   head h reads value head h // R, folded as in `_grouped_logits`."""
   batch, heads, q_len, k_len = probs_BHQK.shape
-  groups, dim = v_BKGD.shape[2], v_BKGD.shape[3]
+  groups = v_BKGD.shape[2]
   probs_BGMK = probs_BHQK.astype(v_BKGD.dtype).reshape(batch, groups, -1, k_len)
   out_BGMD = jnp.einsum("bgmk,bkgd->bgmd", probs_BGMK, v_BKGD, preferred_element_type=dtype)
   return _unfold_heads(out_BGMD, heads, q_len)
@@ -266,13 +266,19 @@ def cudnn_attention(q_BQHD, k_BKGD, v_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_BQ, k_s
 
 
 def resolve_backend(backend: str, *, q_len: int, k_len: int, dtype,
-                    needs_probs: bool = False) -> str:
-  """`auto`: cuDNN on a GPU for half precision, chunked for long inputs, else XLA.
+                    needs_probs: bool = False, fusable: bool = True) -> str:
+  """`auto`: the fused kernel on a TPU, cuDNN on a GPU for half precision, chunked for long
+  inputs, else XLA.
 
   Long means Q·K ≥ `CHUNKED_FROM_ELEMENTS` for the platform (on CPU from 1024², where chunked is
   already faster and smaller than xla).
 
-  `needs_probs` (a `value_fn`) keeps `auto` on the backends that form the probabilities.
+  `needs_probs` (a `value_fn`) keeps `auto` on the backends that form the probabilities;
+  `fusable` is False for a content term the fused kernel cannot evaluate (Transformer-XL, Shaw).
+
+  On a TPU, `auto` takes `fused` for schemes it serves (NoPE, RoPE, the bias schemes): its TPU
+  variant is proven in Pallas's TPU interpret mode and lowers for TPU (experiments/bench,
+  RESULTS.md), XLA's alternative materializes the `[B, H, L, L]` bias.
 
   `auto` never picks `fused` yet: its GPU speed is unmeasured (see experiments/bench). Once
   `python -m experiments.bench` has run on a GPU, the intended rule is: bias schemes (a
@@ -286,6 +292,8 @@ def resolve_backend(backend: str, *, q_len: int, k_len: int, dtype,
     raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
   if backend != "auto":
     return backend
+  if fused_by_default() and fusable and not needs_probs:
+    return "fused"
   if (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
       and not needs_probs):
     return "cudnn"
@@ -317,7 +325,8 @@ def dot_product_attention(q_BQHD, k_BKGD, v_BKGD, *, q_pos_BQ, k_pos_BK, q_seg_B
   kwargs = dict(q_pos_BQ=q_pos_BQ, k_pos_BK=k_pos_BK, q_seg_BQ=q_seg_BQ, k_seg_BK=k_seg_BK,
                 causal=causal, scale=scale, extra_fn=extra_fn)
   backend = resolve_backend(backend, q_len=q_len, k_len=k_len, dtype=q_BQHD.dtype,
-                            needs_probs=value_fn is not None)
+                            needs_probs=value_fn is not None,
+                            fusable=extra_fn is None or score_mod is not None)
   if backend == "xla":
     return xla_attention(q_BQHD, k_BKGD, v_BKGD, value_fn=value_fn, **kwargs)
   if backend == "chunked":

@@ -74,3 +74,15 @@ def test_unknown_backend_and_bad_grouping_are_clear_errors(inputs):
   with pytest.raises(ValueError, match="cannot share"):
     attention_core.dot_product_attention(q[:, :, :3], k, v, q_pos_BQ=positions,
                                          k_pos_BK=positions, causal=True)
+
+
+def test_auto_takes_the_fused_kernel_on_tpu_for_the_schemes_it_serves(monkeypatch):
+  from posjax.nn import attention_core
+  monkeypatch.setattr(attention_core, "fused_by_default", lambda: True)  # as on a TPU
+  resolve = lambda **kw: attention_core.resolve_backend("auto", q_len=512, k_len=512,
+                                                        dtype=jnp.bfloat16, **kw)
+  assert resolve() == "fused"
+  assert resolve(fusable=False) != "fused"     # a content term (Transformer-XL)
+  assert resolve(needs_probs=True) != "fused"  # Shaw's value term
+  monkeypatch.setattr(attention_core, "fused_by_default", lambda: False)  # CPU, GPU
+  assert resolve() in ("xla", "chunked")
