@@ -10,7 +10,8 @@ play (it holds ~155k byte tokens), so no window crosses a document boundary.
 Three measurements at each length W = k·L:
 
 - `windows`: non-overlapping windows of W inputs (positions 0..W-1); every target scored once,
-  with 0..W-1 tokens of context (the protocol of `Experiment.evaluate_length`).
+  with 0..W-1 tokens of context (the protocol of the runs' own validation,
+  `posjax.run.objectives.LanguageModeling.evaluate_length`).
 - `sliding`: windows of W inputs that advance by a stride s ≤ W; the first window scores all its
   targets, every later one only its last s (weights 0 elsewhere), so each target is scored
   exactly once with at least W - s tokens of context (Press et al. 2022, "sliding window

@@ -76,7 +76,7 @@ def _train(run: Run, stop_after: Optional[int]) -> TrainState:
                           loop_state={"early_stopping": stopper.state_dict()})
     writer.flush()
 
-  step_fn, window_start, window_steps, done = None, 0.0, 0, start
+  step_fn, window_seconds, window_steps, done = None, 0.0, 0, start
   was_preempted = stopping = False
   try:
     for step in range(start, tc.steps):
@@ -94,7 +94,7 @@ def _train(run: Run, stop_after: Optional[int]) -> TrainState:
       logging_step = done % tc.log_every == 0 or is_last
       if logging_step:
         metrics = jax.device_get(metrics)  # waits for the step: its time is complete
-      window_start += time.perf_counter() - t0
+      window_seconds += time.perf_counter() - t0
       window_steps += 1
       if logging_step:
         if not np.isfinite(metrics["loss"]):
@@ -103,15 +103,15 @@ def _train(run: Run, stop_after: Optional[int]) -> TrainState:
         scalars = {"train/loss": metrics["loss"], "train/perplexity": np.exp(metrics["loss"]),
                    "train/grad_norm": metrics["grad_norm"],
                    "train/learning_rate": metrics["learning_rate"],
-                   "perf/step_seconds": window_start / window_steps,
-                   "perf/tokens_per_second": tokens / window_start,
-                   "perf/model_tflops_per_second": flops_per_token * tokens / window_start / 1e12}
+                   "perf/step_seconds": window_seconds / window_steps,
+                   "perf/tokens_per_second": tokens / window_seconds,
+                   "perf/model_tflops_per_second": flops_per_token * tokens / window_seconds / 1e12}
         if peak:
-          scalars["perf/mfu"] = flops.mfu(tokens / window_start, flops_per_token,
+          scalars["perf/mfu"] = flops.mfu(tokens / window_seconds, flops_per_token,
                                           jax.device_count(), peak)
         writer.write_scalars(done, scalars)
         progress.update(done, scalars, force=is_last)
-        window_start, window_steps = 0.0, 0
+        window_seconds, window_steps = 0.0, 0
       if was_preempted:  # save at once: validating first could outlast the grace period
         save(done, None, ranked=False)
         break

@@ -250,3 +250,17 @@ def test_training_a_finished_run_again_is_a_no_op(tmp_path):
   first = loop.train(Run(get_config(), str(tmp_path)))
   again = loop.train(Run(get_config(), str(tmp_path)))
   assert int(again.step) == int(first.step) == 6
+
+
+@pytest.mark.slow
+def test_the_final_validation_is_not_run_twice(tmp_path, monkeypatch):
+  run = Run(get_config(), str(tmp_path))
+  state = loop.train(run)
+  calls = []
+  eval_step = run.trainable.eval_step
+  monkeypatch.setattr(run.trainable, "eval_step", lambda *a: calls.append(1) or eval_step(*a))
+  results = run_report.evaluate_lengths(run, state)  # x1 and x2: x1 is the final validation
+  assert [r.seq_len for r in results] == [32, 64] and len(calls) == 1
+  again = run_report.evaluate_lengths(run, state.replace(params=jax.tree.map(lambda x: x + 0,
+                                                                              state.params)))
+  assert len(calls) == 3 and again[0].loss == pytest.approx(results[0].loss, rel=1e-6)
