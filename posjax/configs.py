@@ -27,9 +27,7 @@ def load_config(spec: str, **overrides: Any) -> ml_collections.ConfigDict:
   installed or in a source checkout.
   """
   path, _, arg = spec.partition(":")
-  for folder in (PACKAGED_CONFIGS, REPO_CONFIGS):
-    if not os.path.exists(path) and (folder / os.path.basename(path)).exists():
-      path = str(folder / os.path.basename(path))
+  path = find_config_file(path)
   if not os.path.exists(path):
     raise ValueError(f"config file {path!r} does not exist")
   name = "posjax_config_" + pathlib.Path(path).stem
@@ -40,6 +38,27 @@ def load_config(spec: str, **overrides: Any) -> ml_collections.ConfigDict:
   for dotted, value in overrides.items():
     set_field(config, dotted, value)
   return config
+
+
+def find_config_file(path: str) -> str:
+  """`path` if it exists, else the config file of that name in the installed copy of `configs/`
+  or in the repository's `configs/` folder (if either has it), else `path` unchanged."""
+  for folder in (PACKAGED_CONFIGS, REPO_CONFIGS):
+    if not os.path.exists(path) and (folder / os.path.basename(path)).exists():
+      path = str(folder / os.path.basename(path))
+  return path
+
+
+def with_config_found(argv: list[str]) -> list[str]:
+  """`argv` with `--config=FILE[:arg]` pointing at the shipped config file when FILE does not
+  exist as given, so `--config=configs/lm.py` works from any directory after an install."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--config="):
+      path, sep, rest = arg[len("--config="):].partition(":")
+      arg = f"--config={find_config_file(path)}{sep}{rest}"
+    out.append(arg)
+  return out
 
 
 def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:

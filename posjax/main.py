@@ -19,6 +19,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from posjax import configs
 from posjax.evaluate import generate, run_report
 from posjax.run import lock, metrics, preemption, record, sharding
 from posjax.run.experiment import Run
@@ -94,4 +95,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, argv=configs.with_config_found(sys.argv))

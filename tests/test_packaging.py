@@ -39,3 +39,12 @@ def test_configs_load_from_any_directory_once_installed(build_lib, tmp_path):
   out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True,
                        capture_output=True, text=True).stdout
   assert out.split() == ["rope", "alibi"]
+
+
+def test_main_finds_the_shipped_config_from_any_directory(tmp_path):
+  from posjax import configs
+  argv = configs.with_config_found(["main", "--config=configs/lm.py:tiny,alibi", "--workdir=w"])
+  path = argv[1][len("--config="):].split(":")[0]
+  assert pathlib.Path(path).is_file() and argv[1].endswith("lm.py:tiny,alibi")
+  assert configs.with_config_found([f"--config={tmp_path}/mine.py"]) == [
+      f"--config={tmp_path}/mine.py"]  # not shipped: left for absl to report
