@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from posjax import encodings, models
+import kernel_testing
+from posjax import models
 from posjax.kernels import ScoreMod, fused_attention, hoist
 from posjax.nn import attention_core
 
@@ -35,27 +36,7 @@ def _inputs(dtype=jnp.float32):
 
 
 def _scheme(name, bidirectional):
-  """`(score_mod with options bound, params)`, or `(None, {})` for no bias."""
-  if name is None:
-    return None, {}
-  scheme = encodings.get(name)
-  overrides = dict(OPTIONS.get(name.split("_")[0], {}), bidirectional=bidirectional)
-  if "num_heads" in scheme.defaults:
-    overrides["num_heads"] = H
-  options = scheme.options(**overrides)
-  params = {}
-  if scheme.init is not None:
-    params = scheme.init(jax.random.key(1), num_heads=H, head_dim=D, dim=32, **options)
-  return functools.partial(scheme.score_mod, **options), params
-
-
-def _reference(fn, q, k, v, params, positions, segments, causal):
-  extra_fn = None
-  if fn is not None:
-    extra_fn = lambda q_blk, q_pos: encodings.materialize_bias(fn, params, H, q_pos, positions)
-  return attention_core.xla_attention(
-      q, k, v, q_pos_BQ=positions, k_pos_BK=positions, q_seg_BQ=segments, k_seg_BK=segments,
-      causal=causal, scale=0.25, extra_fn=extra_fn)
+  return kernel_testing.scheme_score_mod(name, bidirectional, options=OPTIONS, heads=H, head_dim=D)
 
 
 def _fused(fn, q, k, v, params, positions, segments, causal):
@@ -80,7 +61,7 @@ def test_values_and_gradients_match_reference(name, causal):
   q, k, v, positions, segments, cotangent = _inputs()
   fn, params = _scheme(name, bidirectional=not causal)
   args = (fn, q, k, v, params, positions, segments, causal, cotangent)
-  want, want_grads = _value_and_grads(_reference, *args)
+  want, want_grads = _value_and_grads(kernel_testing.reference, *args)
   got, got_grads = _value_and_grads(_fused, *args)
   np.testing.assert_allclose(got, want, atol=2e-5, rtol=2e-5)
   assert not np.any(np.asarray(got)[0, 35:])  # padding queries see no key: exact zeros
@@ -99,7 +80,7 @@ def test_half_precision_forward_within_tolerance(dtype):
   q, k, v, positions, segments, _ = _inputs(dtype)
   fn, params = _scheme("t5", bidirectional=False)
   upcast = [x.astype(jnp.float32) for x in (q, k, v)]
-  want = _reference(fn, *upcast, params, positions, segments, True)
+  want = kernel_testing.reference(fn, *upcast, params, positions, segments, True)
   got = jax.jit(_fused, static_argnums=(0, 7))(fn, q, k, v, params, positions, segments, True)
   assert got.dtype == dtype
   np.testing.assert_allclose(got.astype(jnp.float32), want, atol=3e-2, rtol=3e-2)
@@ -108,7 +89,7 @@ def test_half_precision_forward_within_tolerance(dtype):
 def test_default_tiles_cover_short_inputs():
   q, k, v, positions, segments, _ = _inputs()
   fn, params = _scheme("alibi", bidirectional=False)
-  want = _reference(fn, q, k, v, params, positions, segments, True)
+  want = kernel_testing.reference(fn, q, k, v, params, positions, segments, True)
   attend = jax.jit(lambda q, k, v: fused_attention(  # default tiles: one 64-wide tile
       q, k, v, q_pos_BQ=positions, k_pos_BK=positions, q_seg_BQ=segments, k_seg_BK=segments,
       causal=True, scale=0.25, score_mod=ScoreMod(fn, params)))

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import kernel_testing
 from posjax import encodings
 from posjax.kernels import ScoreMod, fused_attention, fused_by_default
 from posjax.kernels import layout as layouts
@@ -39,27 +40,7 @@ def _inputs(dtype=jnp.float32):
 
 
 def _scheme(name, bidirectional, heads=H, head_dim=D):
-  if name is None:
-    return None, {}
-  scheme = encodings.get(name)
-  overrides = dict(OPTIONS.get(name.split("_")[0], {}), bidirectional=bidirectional)
-  if "num_heads" in scheme.defaults:
-    overrides["num_heads"] = heads
-  options = scheme.options(**overrides)
-  params = {}
-  if scheme.init is not None:
-    params = scheme.init(jax.random.key(1), num_heads=heads, head_dim=head_dim, dim=32,
-                         **options)
-  return functools.partial(scheme.score_mod, **options), params
-
-
-def _reference(fn, q, k, v, params, positions, segments, causal):
-  extra_fn = None
-  if fn is not None:
-    extra_fn = lambda q_blk, q_pos: encodings.materialize_bias(fn, params, H, q_pos, positions)
-  return attention_core.xla_attention(
-      q, k, v, q_pos_BQ=positions, k_pos_BK=positions, q_seg_BQ=segments, k_seg_BK=segments,
-      causal=causal, scale=0.25, extra_fn=extra_fn)
+  return kernel_testing.scheme_score_mod(name, bidirectional, options=OPTIONS, heads=heads, head_dim=head_dim)
 
 
 def _tpu(fn, q, k, v, params, positions, segments, causal):
@@ -89,7 +70,7 @@ def test_tpu_interpret_matches_reference(name, causal):
   q, k, v, positions, segments, cotangent = _inputs()
   fn, params = _scheme(name, bidirectional=not causal)
   args = (fn, q, k, v, params, positions, segments, causal, cotangent)
-  want, want_grads = _value_and_grads(_reference, *args)
+  want, want_grads = _value_and_grads(kernel_testing.reference, *args)
   got, got_grads = _value_and_grads(_tpu, *args)
   np.testing.assert_allclose(got, want, atol=2e-5, rtol=2e-5)
   assert not np.any(np.asarray(got)[0, 180:])  # padding queries see no key: exact zeros
