@@ -84,11 +84,18 @@ def attention_fn(case: Case, score_mod: Optional[ScoreMod], implementation: str)
 
 
 def run_case(case: Case, *, dtype, implementation: str, warmup: int, iters: int) -> dict:
-  """One timed row; an error (out of memory, unsupported shape) becomes the row's status."""
+  """One timed row of `implementation`; see `time_case`."""
+  return time_case(case, lambda score_mod: attention_fn(case, score_mod, implementation),
+                   dtype=dtype, warmup=warmup, iters=iters)
+
+
+def time_case(case: Case, make_fn, *, dtype, warmup: int, iters: int) -> dict:
+  """One timed row of `make_fn(score_mod) -> f(q, k, v, params)` (forward, or its gradient for
+  mode "fwd+bwd"); an error (out of memory, unsupported shape) becomes the row's status."""
   row = dataclasses.asdict(case)
   try:
     score_mod = score_mod_of(case.scheme, case.heads, case.head_dim, case.causal)
-    f = attention_fn(case, score_mod, implementation)
+    f = make_fn(score_mod)
     params = {} if score_mod is None else score_mod.params
     keys = jax.random.split(jax.random.key(0), 3)
     shape = (case.batch, case.seq_len, case.heads, case.head_dim)

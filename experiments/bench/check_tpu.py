@@ -20,7 +20,6 @@ same L, D and mode). Writes `<out>/attention_tpu.csv` and `<out>/tables.md` afte
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 import jax
@@ -50,34 +49,17 @@ class TpuReport(Report):
 
 
 def _fused_row(case: attention.Case, *, dtype, warmup: int, iters: int) -> dict:
-  row = dataclasses.asdict(case)
-  try:
-    score_mod = attention.score_mod_of(case.scheme, case.heads, case.head_dim, case.causal)
-    positions = jnp.broadcast_to(jnp.arange(case.seq_len, dtype=jnp.int32)[None],
-                                 (case.batch, case.seq_len))
+  positions = jnp.broadcast_to(jnp.arange(case.seq_len, dtype=jnp.int32)[None],
+                               (case.batch, case.seq_len))
 
+  def make_fn(score_mod):
     def f(q, k, v, params):
       mod = None if score_mod is None else ScoreMod(score_mod.fn, params)
       return fused_attention(q, k, v, q_pos_BQ=positions, k_pos_BK=positions,
                              causal=case.causal, score_mod=mod, platform="tpu")
+    return f
 
-    params = {} if score_mod is None else score_mod.params
-    keys = jax.random.split(jax.random.key(0), 3)
-    shape = (case.batch, case.seq_len, case.heads, case.head_dim)
-    q, k, v = (jax.random.normal(key, shape, dtype) for key in keys)
-    if case.mode == "fwd":
-      jitted = jax.jit(f)
-    else:
-      loss = lambda q, k, v, p: jnp.sum(f(q, k, v, p).astype(jnp.float32))
-      jitted = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
-    memory = timing.compiled_bytes(jitted, q, k, v, params)
-    seconds = timing.median_seconds(jitted, q, k, v, params, warmup=warmup, iters=iters)
-    row.update(ms=1e3 * seconds, tflops=case.flops / seconds / 1e12,
-               memory_mib=None if memory is None else memory / 2**20, status="ok")
-  except Exception as error:  # pylint: disable=broad-except
-    row.update(ms=None, tflops=None, memory_mib=None,
-               status=f"error: {type(error).__name__}: {str(error).splitlines()[0][:160]}")
-  return row
+  return attention.time_case(case, make_fn, dtype=dtype, warmup=warmup, iters=iters)
 
 
 def main(argv=None) -> int:
