@@ -27,10 +27,12 @@ DEFAULT_MAX_DISTANCE = 128
 
 
 def _check_buckets(bidirectional: bool, num_buckets: int, max_distance: int) -> int:
-  """Validates the options; returns the number of buckets per direction."""
-  if bidirectional and num_buckets % 2:
-    raise ValueError(f"bidirectional T5 buckets split num_buckets in two halves (past, future); "
-                     f"num_buckets must be even, got {num_buckets}")
+  """Validates the options; returns the number of buckets per direction.
+
+  Bidirectional buckets split `num_buckets` in two halves (past, future) rounded down, as Mesh
+  TensorFlow and HF transformers do (`num_buckets //= 2`): with an odd count the table's last row
+  is never read.
+  """
   per_side = num_buckets // 2 if bidirectional else num_buckets
   if per_side < 2:
     raise ValueError(f"num_buckets={num_buckets} is too small: each direction needs >= 2 buckets "
@@ -47,7 +49,7 @@ def t5_relative_bucket(relative_position: jax.Array, *, bidirectional: bool,
   """T5's bucket of each relative position `k_pos - q_pos` (Raffel et al. 2020), int32 in
   `[0, num_buckets)`.
 
-  With B buckets per direction (num_buckets, or num_buckets / 2 when `bidirectional`; then keys
+  With B buckets per direction (num_buckets, or floor(num_buckets / 2) when `bidirectional`; then keys
   after the query, relative_position > 0, use buckets B..2B-1), E = floor(B / 2) exact buckets and
   distance n (|relative_position| when `bidirectional`, else max(-relative_position, 0), so future
   keys fall in bucket 0):
@@ -127,6 +129,12 @@ def t5_bias_all_heads(params, num_heads: int, q_pos_BQ: jax.Array, k_pos_BK: jax
   return jnp.moveaxis(bias_BQKH, -1, 1)
 
 
+def t5_check(*, bidirectional: bool = False, num_buckets: int = DEFAULT_NUM_BUCKETS,
+             max_distance: int = DEFAULT_MAX_DISTANCE, **_) -> None:
+  """Raises ValueError for bucket options that cannot work, before anything is traced."""
+  _check_buckets(bidirectional, num_buckets, max_distance)
+
+
 def _checked_table(params, num_buckets: int) -> jax.Array:
   table = params["table"]
   if table.ndim != 2 or table.shape[0] != num_buckets:
@@ -149,5 +157,6 @@ SCHEMES = (
                   "max_distance": DEFAULT_MAX_DISTANCE},
         init=t5_init,
         score_mod=t5_score_mod,
+        check=t5_check,
     ),
 )

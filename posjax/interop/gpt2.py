@@ -4,7 +4,10 @@ HF layout: `transformer.wte` / `wpe` tables; per block `ln_1`, `attn.c_attn` (fu
 `attn.c_proj`, `ln_2`, `mlp.c_fc`, `mlp.c_proj`; `ln_f`; the head is tied to `wte` (unless
 `tie_word_embeddings` is false: then `lm_head`). GPT-2's `Conv1D` layers store weights as
 [in, out] (the transpose of `nn.Linear`). Pre-LN, LayerNorm eps `layer_norm_epsilon` (1e-5),
-`gelu_new` (tanh approximation), logits scaled by 1/sqrt(head_dim).
+`gelu_new` (tanh approximation), logits scaled by 1/sqrt(head_dim) (unless `scale_attn_weights`
+is false) and, with `scale_attn_by_inverse_layer_idx`, also by 1/(i + 1) in block i
+(`TransformerConfig.attention_scale_by_layer`). `reorder_and_upcast_attn` only changes how HF
+computes in half precision (posjax's attention accumulates in float32 anyway).
 """
 
 from __future__ import annotations
@@ -25,10 +28,8 @@ IGNORE = (r"(^|\.)attn\.bias$", r"(^|\.)attn\.masked_bias$")
 
 def config_from_hf(hf_config: Mapping[str, Any]) -> TransformerConfig:
   """The posjax `TransformerConfig` of a GPT-2 `config.json` dict."""
-  unsupported = {"scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False}
-  for key, default in unsupported.items():
-    if hf_config.get(key, default) != default:
-      raise ValueError(f"gpt2: {key}={hf_config[key]!r} is not supported by posjax's decoder")
+  if hf_config.get("add_cross_attention", False):
+    raise ValueError("gpt2: add_cross_attention=True is not supported by posjax's decoder")
   dim = hf_get(hf_config, "n_embd", "hidden_size")
   return TransformerConfig(
       vocab_size=hf_get(hf_config, "vocab_size"), dim=dim,
@@ -42,6 +43,7 @@ def config_from_hf(hf_config: Mapping[str, Any]) -> TransformerConfig:
       use_bias=True, final_norm=True,
       tie_embeddings=hf_get(hf_config, "tie_word_embeddings", default=True),
       attention_scale=None if hf_config.get("scale_attn_weights", True) else 1.0,
+      attention_scale_by_layer=bool(hf_config.get("scale_attn_by_inverse_layer_idx", False)),
       pe="learned", pe_options={"max_len": hf_get(hf_config, "n_positions",
                                                   "max_position_embeddings")})
 

@@ -2,8 +2,9 @@
 
 HF layout: `model.embed_tokens`; per layer `input_layernorm`, `self_attn.{q,k,v,o}_proj`,
 `post_attention_layernorm`, `mlp.{gate,up,down}_proj`; `model.norm`; `lm_head` (or tied).
-RMSNorm (eps `rms_norm_eps`), SwiGLU, grouped-query attention, no biases by default, RoPE in the
-"half" layout (HF permutes Meta's interleaved q/k weights to it when converting).
+RMSNorm (eps `rms_norm_eps`), SwiGLU, grouped-query attention, no biases by default
+(`attention_bias`: q, k, v, o; `mlp_bias`: the MLP; independent), RoPE in the "half" layout (HF
+permutes Meta's interleaved q/k weights to it when converting).
 
 RoPE settings: `rope_theta` is the base; the scaling (`rope_parameters` in transformers 5,
 `rope_scaling` before) maps to the rope scheme's `scaling` dict, whose types follow HF's
@@ -86,12 +87,21 @@ def rope_options_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_from_hf(hf_config: Mapping[str, Any]) -> TransformerConfig:
-  """The posjax `TransformerConfig` of a Llama `config.json` dict."""
+  """The posjax `TransformerConfig` of a Llama `config.json` dict.
+
+  Biases: `attention_bias` puts them on q, k, v and o, `mlp_bias` on gate, up and down, each
+  independently (HF's `LlamaAttention` / `LlamaMLP`).
+  """
   attention_bias = bool(hf_config.get("attention_bias", False))
-  mlp_bias = bool(hf_config.get("mlp_bias", False))
-  if attention_bias != mlp_bias:
-    raise ValueError(f"llama: attention_bias={attention_bias} with mlp_bias={mlp_bias} is not "
-                     "supported: posjax's use_bias covers attention and MLP together")
+  return llama_config(hf_config, qkv_bias=attention_bias, out_bias=attention_bias,
+                      mlp_bias=bool(hf_config.get("mlp_bias", False)))
+
+
+def llama_config(hf_config: Mapping[str, Any], *, qkv_bias: bool, out_bias: bool,
+                 mlp_bias: bool) -> TransformerConfig:
+  """The `TransformerConfig` of a Llama-layout `config.json` dict with these biases (shared by
+  the architectures with Llama's layout, e.g. `posjax.interop.qwen2`)."""
+  model_type = hf_config.get("model_type", MODEL_TYPE)
   dim = hf_get(hf_config, "hidden_size")
   heads = hf_get(hf_config, "num_attention_heads")
   return TransformerConfig(
@@ -101,23 +111,23 @@ def config_from_hf(hf_config: Mapping[str, Any]) -> TransformerConfig:
       head_dim=hf_get(hf_config, "head_dim", default=dim // heads),
       mlp_dim=hf_get(hf_config, "intermediate_size"),
       activation=activation_from_hf(hf_get(hf_config, "hidden_act", default="silu"), gated=True,
-                                    model_type=MODEL_TYPE),
+                                    model_type=model_type),
       norm="rmsnorm", norm_position="pre", norm_eps=hf_get(hf_config, "rms_norm_eps",
                                                             default=1e-6),
-      use_bias=attention_bias, final_norm=True,
+      use_bias=False, qkv_bias=qkv_bias, out_bias=out_bias, mlp_bias=mlp_bias, final_norm=True,
       tie_embeddings=bool(hf_config.get("tie_word_embeddings", False)),
       pe="rope", pe_options=rope_options_from_hf(hf_config))
 
 
 def convert_weights(state: Mapping[str, np.ndarray], cfg: TransformerConfig,
-                    family: str = "decoder") -> Params:
-  """posjax parameters `{path: array}` of a Llama state dict (HF names)."""
+                    family: str = "decoder", *, model_type: str = MODEL_TYPE) -> Params:
+  """posjax parameters `{path: array}` of a Llama-layout state dict (HF names); the biases
+  taken are those `cfg` has (`resolved_qkv_bias`, `resolved_out_bias`, `resolved_mlp_bias`)."""
   if family not in FAMILIES:
-    raise ValueError(f"llama converts to the families {FAMILIES}, not {family!r}")
-  w = HFTensors(state, model_type=MODEL_TYPE, base_prefix="model.", ignore=IGNORE)
+    raise ValueError(f"{model_type} converts to the families {FAMILIES}, not {family!r}")
+  w = HFTensors(state, model_type=model_type, base_prefix="model.", ignore=IGNORE)
   d, f, dh = cfg.dim, cfg.resolved_mlp_dim, cfg.resolved_head_dim
   h, g = cfg.num_heads, cfg.num_kv_heads or cfg.num_heads
-  bias = cfg.use_bias
   params: Params = {}
   tokens = w.take("embed_tokens.weight", (cfg.vocab_size, d))
   params[("embedding", "tokens", "embedding")] = tokens
@@ -126,22 +136,26 @@ def convert_weights(state: Mapping[str, np.ndarray], cfg: TransformerConfig,
   else:
     params[("head", "proj", "kernel")] = w.take("lm_head.weight", (cfg.vocab_size, d)).T
 
-  def linear(name, out_features, in_features):
+  def linear(name, out_features, in_features, bias):
     weight = w.take(name + ".weight", (out_features, in_features)).T
     return weight, (w.take(name + ".bias", (out_features,)) if bias else None)
+
+  qkv, out, mlp = cfg.resolved_qkv_bias, cfg.resolved_out_bias, cfg.resolved_mlp_bias
 
   for i in range(cfg.num_layers):
     src, dst = f"layers.{i}.", ("decoder", "blocks", i)
     put_norm(params, dst + ("attention_norm",), w.take(src + "input_layernorm.weight", (d,)))
     (q, qb), (k, kb), (v, vb), (o, ob) = (
-        linear(src + "self_attn.q_proj", h * dh, d), linear(src + "self_attn.k_proj", g * dh, d),
-        linear(src + "self_attn.v_proj", g * dh, d), linear(src + "self_attn.o_proj", d, h * dh))
+        linear(src + "self_attn.q_proj", h * dh, d, qkv),
+        linear(src + "self_attn.k_proj", g * dh, d, qkv),
+        linear(src + "self_attn.v_proj", g * dh, d, qkv),
+        linear(src + "self_attn.o_proj", d, h * dh, out))
     put_attention(params, dst + ("attention",), num_heads=h, num_kv_heads=g, head_dim=dh,
                   q_DX=q, k_DX=k, v_DX=v, o_XD=o, q_bias=qb, k_bias=kb, v_bias=vb, o_bias=ob)
     put_norm(params, dst + ("mlp_norm",), w.take(src + "post_attention_layernorm.weight", (d,)))
-    put_linear(params, dst + ("mlp", "wg"), *linear(src + "mlp.gate_proj", f, d))
-    put_linear(params, dst + ("mlp", "wi"), *linear(src + "mlp.up_proj", f, d))
-    put_linear(params, dst + ("mlp", "wo"), *linear(src + "mlp.down_proj", d, f))
+    put_linear(params, dst + ("mlp", "wg"), *linear(src + "mlp.gate_proj", f, d, mlp))
+    put_linear(params, dst + ("mlp", "wi"), *linear(src + "mlp.up_proj", f, d, mlp))
+    put_linear(params, dst + ("mlp", "wo"), *linear(src + "mlp.down_proj", d, f, mlp))
   put_norm(params, ("decoder", "final_norm"), w.take("norm.weight", (d,)))
   w.finish()
   return params

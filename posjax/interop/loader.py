@@ -1,7 +1,7 @@
 """`load_pretrained`: a local Hugging Face checkpoint directory as a posjax model.
 
-Dispatch is on `config.json`'s `model_type`; each architecture module (`gpt2`, `llama`, `bert`,
-`t5`, `bloom`) provides `FAMILIES`, `config_from_hf(hf_config) -> TransformerConfig` and
+Dispatch is on `config.json`'s `model_type`; each architecture module (`gpt2`, `llama`, `qwen2`,
+`bert`, `t5`, `bloom`) provides `FAMILIES`, `config_from_hf(hf_config) -> TransformerConfig` and
 `convert_weights(state, cfg, family) -> {path: array}`; those with several families or heads also
 provide `default_family(hf_config)` and `head_options(hf_config, family)`.
 """
@@ -15,14 +15,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from posjax import models
-from posjax.interop import bert, bloom, gpt2, llama, t5
+from posjax.interop import bert, bloom, gpt2, llama, qwen2, t5
 from posjax.interop.checkpoint import read_config, read_weights
 from posjax.interop.weights import Params, instantiate, log
 from posjax.models import TransformerConfig
 from posjax.models.config import DTYPES
 
 ARCHITECTURES: dict[str, types.ModuleType] = {
-    module.MODEL_TYPE: module for module in (gpt2, llama, bert, t5, bloom)}
+    module.MODEL_TYPE: module for module in (gpt2, llama, qwen2, bert, t5, bloom)}
 
 
 def architecture(hf_config: Mapping[str, Any]) -> types.ModuleType:
@@ -75,7 +75,8 @@ def convert_checkpoint(path: str, family: Optional[str] = None, **config_overrid
 def load_pretrained(path: str, family: Optional[str] = None, *,
                     dtype: Union[str, Any] = "float32", param_dtype: Union[str, Any, None] = None,
                     config_overrides: Optional[Mapping[str, Any]] = None,
-                    fresh: Iterable[Any] = (), seed: int = 0, **head_options) -> nnx.Module:
+                    positions: Optional[str] = None, fresh: Iterable[Any] = (), seed: int = 0,
+                    **head_options) -> nnx.Module:
   """The posjax model of a local Hugging Face checkpoint directory, weights set.
 
   Args:
@@ -92,6 +93,17 @@ def load_pretrained(path: str, family: Optional[str] = None, *,
       `{"attention_backend": "chunked"}`; `pe_options` are merged into the checkpoint's, so
       `{"pe_options": {"scaling": {"type": "yarn", ...}}}` extends a RoPE model's context and
       keeps its base. Fields that change parameter shapes are caught as shape mismatches.
+    positions: the positions the model gives itself when called without `positions_BL`
+      (`TransformerConfig.positions`; None keeps posjax's default, "from_first_token"). Padding
+      is segment id 0 (HF's attention mask), and "from_first_token" restarts the positions at 0
+      at each segment's first token, so on a LEFT-padded row the first real token is position 0.
+      HF's BERT, and GPT-2 called without `position_ids`, use the column index 0..L-1 whatever
+      the padding: on left-padded rows their logits differ from posjax's by the learned position
+      rows. `positions="columns"` matches them; "from_first_token" matches HF given
+      `position_ids = max(cumsum(attention_mask) - 1, 0)` (as `generate` computes them). With no
+      padding, or padding on the right, both agree. Relative schemes (Llama's RoPE, BLOOM's
+      ALiBi, T5's buckets) see only differences of positions, so the choice does not change
+      their logits (except through RoPE's dynamic scaling, which reads the largest position).
     fresh: parameter path prefixes (a name or a tuple, e.g. "head") left randomly initialized
       (from `seed`) instead of loaded, e.g. a new classification head; what the checkpoint
       holds for them is not used.
@@ -107,6 +119,8 @@ def load_pretrained(path: str, family: Optional[str] = None, *,
       tensor missing or of the wrong shape, tensors left unused, parameters left unset.
   """
   overrides = dict(config_overrides or {})
+  if positions is not None:
+    overrides["positions"] = positions
   overrides["dtype"] = _dtype_name(dtype)
   overrides["param_dtype"] = _dtype_name(param_dtype if param_dtype is not None else dtype)
   family, cfg, options, params = convert_checkpoint(path, family, **overrides)

@@ -6,7 +6,8 @@ encoder blocks `layer.0` = `SelfAttention.{q,k,v,o}` + `layer_norm`, `layer.1` =
 `layer.2`); `final_layer_norm` per stack; `lm_head`. The bucket table
 `SelfAttention.relative_attention_bias` [num_buckets, heads] lives in block 0 and serves every
 block of its stack: posjax `pe="t5"` with `pe_shared=True`, one table per stack (bidirectional in
-the encoder, causal in the decoder). No 1/sqrt(d) in attention (`attention_scale=1.0`), RMSNorm
+the encoder, causal in the decoder). An odd `relative_attention_num_buckets` is fine: the encoder
+then uses floor(n / 2) buckets a direction, as HF does, and never reads the table's last row. No 1/sqrt(d) in attention (`attention_scale=1.0`), RMSNorm
 without bias (eps `layer_norm_epsilon`), pre-norm, no biases anywhere.
 
 MLP: `feed_forward_proj` "relu" (T5) -> relu; "gated-gelu" (v1.1) -> geglu, gelu_new on `wi_0`
@@ -23,6 +24,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from posjax.encodings import t5 as t5_buckets
 from posjax.interop.weights import HFTensors, Params, activation_from_hf, hf_get
 from posjax.interop.weights import put_attention, put_linear, put_norm
 from posjax.models import TransformerConfig
@@ -62,6 +64,10 @@ def config_from_hf(hf_config: Mapping[str, Any]) -> TransformerConfig:
   if scaled and not tied:
     raise ValueError("t5: an untied head with scaled decoder outputs has no posjax equivalent")
   num_layers = hf_get(hf_config, "num_layers")
+  buckets = {"num_buckets": hf_get(hf_config, "relative_attention_num_buckets", default=32),
+             "max_distance": hf_get(hf_config, "relative_attention_max_distance", default=128)}
+  for bidirectional in (True, False):  # the encoder's buckets, then the decoder's: fail at load
+    t5_buckets.t5_check(bidirectional=bidirectional, **buckets)
   return TransformerConfig(
       vocab_size=hf_get(hf_config, "vocab_size"), dim=dim, num_layers=num_layers,
       num_decoder_layers=hf_get(hf_config, "num_decoder_layers", default=num_layers),
@@ -72,9 +78,7 @@ def config_from_hf(hf_config: Mapping[str, Any]) -> TransformerConfig:
       norm_eps=hf_get(hf_config, "layer_norm_epsilon", default=1e-6), use_bias=False,
       final_norm=True, tie_embeddings=tied, tied_output_scale=dim**-0.5 if scaled else 1.0,
       attention_scale=1.0, pe="t5", pe_shared=True,
-      pe_options={
-          "num_buckets": hf_get(hf_config, "relative_attention_num_buckets", default=32),
-          "max_distance": hf_get(hf_config, "relative_attention_max_distance", default=128)})
+      pe_options=buckets)
 
 
 def _stack(w: HFTensors, params: Params, cfg: TransformerConfig, *, src: str, dst: tuple,

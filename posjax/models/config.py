@@ -13,6 +13,7 @@ from posjax.nn.mlp import check_activation
 from posjax.nn.positional import value_term
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+POSITIONS = ("from_first_token", "columns")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,10 @@ class TransformerConfig:
   norm_position: str = "pre"          # pre (GPT-2, Llama, T5) or post (original, BERT)
   norm_eps: float = 1e-6
   use_bias: bool = True               # biases in attention and MLP projections
+  qkv_bias: Optional[bool] = None     # on the q, k, v projections only; None: use_bias
+  out_bias: Optional[bool] = None     # on the attention output projection; None: use_bias
+  mlp_bias: Optional[bool] = None     # on the MLP projections; None: use_bias (Llama's
+                                      # attention_bias / mlp_bias; Qwen2: q, k, v only)
   final_norm: bool = True             # a norm after the last block (pre-norm models)
   embed_norm: bool = False            # a norm right after the input embedding (BERT, BLOOM)
   embed_scale: float = 1.0            # token embeddings times this before the positional term is
@@ -42,6 +47,12 @@ class TransformerConfig:
   tie_embeddings: bool = True         # output projection shares the token embedding
   tied_output_scale: float = 1.0      # hidden states times this before a tied head (T5: dim^-0.5)
   attention_scale: Optional[float] = None  # logits scale; None: 1/sqrt(head_dim) (T5: 1.0)
+  attention_scale_by_layer: bool = False  # also divide layer i's logits by i + 1 (GPT-2's
+                                      # scale_attn_by_inverse_layer_idx, Mistral's GPT-2 runs)
+  positions: str = "from_first_token"  # positions when the caller passes none: from_first_token
+                                      # (0 at each segment's first token: packed rows, left
+                                      # padding) or columns (0..L-1 whatever the padding, as HF
+                                      # BERT and a plain GPT-2 forward)
   pe: str = "rope"                    # positional scheme, by name (posjax.encodings.names())
   pe_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   pe_shared: bool = False             # one positional module for all layers (T5) or one each
@@ -73,6 +84,26 @@ class TransformerConfig:
     return self.head_dim or self.dim // self.num_heads
 
   @property
+  def resolved_qkv_bias(self) -> bool:
+    return self.use_bias if self.qkv_bias is None else self.qkv_bias
+
+  @property
+  def resolved_out_bias(self) -> bool:
+    return self.use_bias if self.out_bias is None else self.out_bias
+
+  @property
+  def resolved_mlp_bias(self) -> bool:
+    return self.use_bias if self.mlp_bias is None else self.mlp_bias
+
+  def layer_attention_scale(self, layer: int) -> Optional[float]:
+    """The logits scale of block `layer` (0-based); None: attention's 1/sqrt(head_dim)."""
+    if not self.attention_scale_by_layer:
+      return self.attention_scale
+    base = (self.attention_scale if self.attention_scale is not None
+            else self.resolved_head_dim**-0.5)
+    return base / (layer + 1)
+
+  @property
   def resolved_mlp_dim(self) -> int:
     return self.mlp_dim or 4 * self.dim
 
@@ -101,6 +132,8 @@ class TransformerConfig:
       problems.append(f"norm={self.norm!r}: choose layernorm or rmsnorm")
     if self.norm_position not in ("pre", "post"):
       problems.append(f"norm_position={self.norm_position!r}: choose pre or post")
+    if self.positions not in POSITIONS:
+      problems.append(f"positions={self.positions!r}: choose one of {POSITIONS}")
     if self.attention_backend not in BACKENDS:
       problems.append(f"attention_backend={self.attention_backend!r}: choose one of {BACKENDS}")
     for field in ("dtype", "param_dtype"):

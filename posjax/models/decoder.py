@@ -34,7 +34,7 @@ class DecoderLM(nnx.Module):
   def __call__(self, tokens_BL: jax.Array, positions_BL: Optional[jax.Array] = None,
                segment_ids_BL: Optional[jax.Array] = None, *, decode: bool = False) -> jax.Array:
     if positions_BL is None:
-      positions_BL = default_positions(tokens_BL, segment_ids_BL)
+      positions_BL = default_positions(tokens_BL, segment_ids_BL, self.config.positions)
       if decode:
         positions_BL = positions_BL + self.decoder.cache_index()
     x = self.embedding(tokens_BL, positions_BL)

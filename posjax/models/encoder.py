@@ -24,7 +24,7 @@ class Encoder(nnx.Module):
   def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None,
                token_types_BL=None) -> jax.Array:
     if positions_BL is None:
-      positions_BL = default_positions(tokens_BL, segment_ids_BL)
+      positions_BL = default_positions(tokens_BL, segment_ids_BL, self.config.positions)
     if self.prompt is None:
       x = self.embedding(tokens_BL, positions_BL, token_types_BL)
       return self.stack(x, positions_BL=positions_BL, segment_ids_BL=segment_ids_BL)

@@ -33,18 +33,19 @@ class EncoderDecoderLM(nnx.Module):
 
   def encode(self, tokens_BK, positions_BK=None, segment_ids_BK=None) -> jax.Array:
     if positions_BK is None:
-      positions_BK = default_positions(tokens_BK, segment_ids_BK)
+      positions_BK = default_positions(tokens_BK, segment_ids_BK, self.config.positions)
     x = self.encoder_embedding(tokens_BK, positions_BK)
     return self.encoder(x, positions_BL=positions_BK, segment_ids_BL=segment_ids_BK)
 
   def decode(self, encoded_BKD, tokens_BL, positions_BL=None, segment_ids_BL=None, *,
              encoder_segment_ids_BK=None, decode: bool = False) -> jax.Array:
     if positions_BL is None:
-      positions_BL = default_positions(tokens_BL, segment_ids_BL)
+      positions_BL = default_positions(tokens_BL, segment_ids_BL, self.config.positions)
       if decode:
         positions_BL = positions_BL + self.decoder.cache_index()
     x = self.decoder_embedding(tokens_BL, positions_BL)
-    encoded_positions = default_positions(encoded_BKD[..., 0], encoder_segment_ids_BK)
+    encoded_positions = default_positions(encoded_BKD[..., 0], encoder_segment_ids_BK,
+                                          self.config.positions)
     x = self.decoder(x, positions_BL=positions_BL, segment_ids_BL=segment_ids_BL,
                      encoded_BKD=encoded_BKD, encoded_positions_BK=encoded_positions,
                      encoded_segment_ids_BK=encoder_segment_ids_BK, decode=decode)

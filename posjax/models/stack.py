@@ -14,9 +14,15 @@ from posjax.nn.embedding import InputEmbedding
 from posjax.nn.positional import PositionalEncoding
 
 
-def default_positions(tokens_BL: jax.Array, segment_ids_BL: Optional[jax.Array]) -> jax.Array:
-  """Positions when the caller gives none: restart per segment if packed, else 0, 1, 2, ..."""
-  if segment_ids_BL is not None:
+def default_positions(tokens_BL: jax.Array, segment_ids_BL: Optional[jax.Array],
+                      how: str = "from_first_token") -> jax.Array:
+  """Positions when the caller gives none (`TransformerConfig.positions`).
+
+  `from_first_token`: restart at 0 at the start of each segment if segment ids are given (packed
+  rows; with left padding, the first real token is 0), else 0, 1, 2, .... `columns`: 0, 1, 2, ...
+  along the row whatever the segments, as HF's BERT and a GPT-2 forward without position ids.
+  """
+  if segment_ids_BL is not None and how == "from_first_token":
     return encodings.positions_from_segment_ids(segment_ids_BL)
   return encodings.contiguous_positions(*tokens_BL.shape)
 
@@ -56,8 +62,9 @@ class Stack(nnx.Module):
     else:
       layer_pes = [make_pe() for _ in range(num_layers)]
     self.blocks = nnx.List([
-        Block(cfg, causal=causal, cross_attention=cross_attention, positional=pe, rngs=rngs)
-        for pe in layer_pes])
+        Block(cfg, causal=causal, cross_attention=cross_attention, positional=pe, layer=i,
+              rngs=rngs)
+        for i, pe in enumerate(layer_pes)])
     self.final_norm = make_norm(cfg, rngs) if cfg.final_norm else None
     self.remat = cfg.remat
 

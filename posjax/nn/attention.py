@@ -45,6 +45,7 @@ class Attention(nnx.Module):
 
   def __init__(self, *, dim: int, num_heads: int, num_kv_heads: Optional[int] = None,
                head_dim: Optional[int] = None, causal: bool, use_bias: bool = False,
+               out_bias: Optional[bool] = None,
                positional: Optional[PositionalEncoding] = None, scale: Optional[float] = None,
                backend: str = "auto", chunk_size: int = 512, dtype=jnp.float32,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
@@ -57,7 +58,11 @@ class Attention(nnx.Module):
     self.query = _dense(dim, (num_heads, head_dim), -1, ("embed", "heads", "head_dim"), **kw)
     self.key = _dense(dim, (num_kv_heads, head_dim), -1, ("embed", "kv_heads", "head_dim"), **kw)
     self.value = _dense(dim, (num_kv_heads, head_dim), -1, ("embed", "kv_heads", "head_dim"), **kw)
-    self.out = _dense((num_heads, head_dim), dim, (-2, -1), ("heads", "head_dim", "embed"), **kw)
+    # `use_bias` covers q, k, v and, unless `out_bias` says otherwise, the output (Qwen2: q, k,
+    # v only).
+    kw_out = dict(kw, use_bias=use_bias if out_bias is None else out_bias)
+    self.out = _dense((num_heads, head_dim), dim, (-2, -1), ("heads", "head_dim", "embed"),
+                      **kw_out)
     self.positional = positional
     self.cache = nnx.data(None)  # filled by init_cache
 

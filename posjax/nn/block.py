@@ -26,9 +26,11 @@ class Block(nnx.Module):
   `N(x + Attn(x))` ... (post-norm, Vaswani et al. 2017)."""
 
   def __init__(self, cfg, *, causal: bool, cross_attention: bool = False,
-               positional: Optional[PositionalEncoding] = None, rngs: nnx.Rngs):
+               positional: Optional[PositionalEncoding] = None, layer: int = 0,
+               rngs: nnx.Rngs):
     attn_kw = dict(dim=cfg.dim, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
-                   head_dim=cfg.head_dim, use_bias=cfg.use_bias, scale=cfg.attention_scale,
+                   head_dim=cfg.head_dim, use_bias=cfg.resolved_qkv_bias,
+                   out_bias=cfg.resolved_out_bias, scale=cfg.layer_attention_scale(layer),
                    backend=cfg.attention_backend, chunk_size=cfg.chunk_size,
                    dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, rngs=rngs)
     self.pre_norm = cfg.norm_position == "pre"
@@ -41,7 +43,8 @@ class Block(nnx.Module):
       self.cross_norm = self.cross_attention = None
     self.mlp_norm = make_norm(cfg, rngs)
     self.mlp = MLP(cfg.dim, cfg.resolved_mlp_dim, activation=cfg.activation,
-                   use_bias=cfg.use_bias, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+                   use_bias=cfg.resolved_mlp_bias, dtype=cfg.compute_dtype,
+                   param_dtype=cfg.params_dtype,
                    rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
     # Bottleneck adapters after the attention and MLP sublayers (set by posjax.nn.peft).

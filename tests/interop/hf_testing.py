@@ -55,6 +55,8 @@ def _forward(model, ids, decoder_ids=None, segment_ids=None, token_types=None):
     return model(ids, decoder_ids)
   if token_types is not None:
     return model(ids, segment_ids_BL=segment_ids, token_types_BL=token_types)
+  if segment_ids is not None:  # a decoder with padding
+    return model(ids, segment_ids_BL=segment_ids)
   return model(ids)
 
 

@@ -50,10 +50,16 @@ def test_llama_rope_theta_in_either_place():
   assert llama.rope_options_from_hf(top)["scaling"]["original_max_len"] == 256  # HF: top wins
 
 
-def test_llama_bias_settings():
-  assert interop.config_from_hf({**LLAMA, "attention_bias": True, "mlp_bias": True}).use_bias
-  with pytest.raises(ValueError, match="attention_bias=True with mlp_bias=False"):
-    interop.config_from_hf({**LLAMA, "attention_bias": True})
+@pytest.mark.parametrize("flags, want", [
+    ({}, (False, False, False)),
+    ({"attention_bias": True, "mlp_bias": True}, (True, True, True)),
+    ({"attention_bias": True}, (True, True, False)),   # tests/fixtures/hf/llama_attention_bias
+    ({"mlp_bias": True}, (False, False, True)),
+])
+def test_llama_bias_settings(flags, want):
+  """attention_bias (q, k, v, o) and mlp_bias are independent, as in HF's LlamaConfig."""
+  cfg = interop.config_from_hf({**LLAMA, **flags})
+  assert (cfg.resolved_qkv_bias, cfg.resolved_out_bias, cfg.resolved_mlp_bias) == want
 
 
 T5 = {"model_type": "t5", "vocab_size": 64, "d_model": 32, "d_kv": 8, "d_ff": 64,

@@ -84,7 +84,7 @@ def test_tied_copy_must_equal(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, match", [
-    ("scale_attn_by_inverse_layer_idx", True, "scale_attn_by_inverse_layer_idx"),
+    ("add_cross_attention", True, "add_cross_attention"),
     ("activation_function", "quick_gelu", "activation 'quick_gelu'"),
 ])
 def test_unsupported_gpt2_settings(tmp_path, key, value, match):
