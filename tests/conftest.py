@@ -41,7 +41,8 @@ SLOW_FUNCTIONS = (
     "test_finetune_starts_from_the_base_parameters", "test_a_checkpoint_without_its_data_state_*",
     "test_resuming_with_other_training_fields_is_refused", "test_a_second_run_on_a_workdir_*",
     "test_metrics_are_on_disk_at_each_checkpoint", "test_a_diverged_state_is_never_saved",
-    "test_progress_is_printed_outside_a_terminal",
+    "test_progress_is_printed_outside_a_terminal", "test_resumed_algorithmic_run_*",
+    "test_mlm_with_a_learned_table_skips_*",
     # over about 5 s each
     "test_readme_example_runs", "test_sharded_training_matches_one_device",
     "test_gradient_accumulation_equals_whole_batch", "test_rematerialization_changes_nothing_*",

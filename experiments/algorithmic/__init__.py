@@ -1,1 +1,1 @@
-"""`python -m experiments.tasks`: see __main__.py; measured results in RESULTS.md."""
+"""`python -m experiments.algorithmic`: see __main__.py; measured results in RESULTS.md."""

@@ -1,16 +1,18 @@
-"""Synthetic algorithmic tasks for length generalisation, and their encoding into model batches.
+"""Synthetic algorithmic problems for length generalisation, and their encoding into model batches.
 
-The tasks follow Delétang et al. 2023 ("Neural Networks and the Chomsky Hierarchy", ICLR), as used
+The problems follow Delétang et al. 2023 ("Neural Networks and the Chomsky Hierarchy", ICLR), as used
 by Ruoss et al. 2023 ("Randomized Positional Encodings Boost Length Generalization of
 Transformers", ACL), plus the copy task of Kazemnejad et al. 2023 ("The Impact of Positional
-Encoding on Length Generalization in Transformers", NeurIPS). Each task is a function
+Encoding on Length Generalization in Transformers", NeurIPS). (The papers call them tasks; here
+they are *problems*, the data of a run whose `config.task` is `algorithmic`.) Each problem is a
+function
 
     generate(rng: np.random.Generator, length: int) -> (input_tokens, output_tokens)
 
 where `length` is the INPUT length (what the papers train on 1..40 and test on 41..500) and both
 sequences are int32 token ids of the one shared vocabulary below.
 
-| task               | input (length n)                       | output                             |
+| problem            | input (length n)                       | output                             |
 |--------------------|----------------------------------------|------------------------------------|
 | copy               | bits w                                 | w (n)                              |
 | reverse            | bits w                                 | reversed w (n)                     |
@@ -59,7 +61,7 @@ PAD = 0        # padding (segment 0); never a target
 SEP = 1        # decoder: separates the input from the output
 BLANK = 2      # encoder: a placeholder where an output token is to be predicted
 EOS = 3        # end of the sum (binary addition)
-EMPTY = 4      # filler that keeps an input at its exact length (odd/even-length tasks)
+EMPTY = 4      # filler that keeps an input at its exact length (odd/even-length problems)
 MISSING = 5    # the masked symbol of missing_duplicate
 PLUS, MINUS, TIMES = 6, 7, 8
 DIGIT0 = 9     # symbols 0..4 are DIGIT0..DIGIT0 + 4; bits are DIGIT0 and DIGIT0 + 1
@@ -93,10 +95,10 @@ def _bits(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def _check_length(length: int) -> None:
   if int(length) < 1:
-    raise ValueError(f"task inputs need length >= 1, got {length}")
+    raise ValueError(f"problem inputs need length >= 1, got {length}")
 
 
-# The tasks: a deterministic `solve` (input -> output) where the input defines the answer. ------
+# The problems: a deterministic `solve` (input -> output) where the input defines the answer. ------
 
 def copy(rng: np.random.Generator, length: int):
   """Copy (Kazemnejad et al. 2023): output the input bits unchanged."""
@@ -243,13 +245,13 @@ SOLVERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def solve(name: str, x: Sequence[int]) -> np.ndarray:
-  """The output of task `name` for input tokens `x` (every task's answer is a function of its
+  """The output of problem `name` for input tokens `x` (every problem's answer is a function of its
   input): `text(solve("reverse", tokens("001"))) == "100"`."""
   get(name)
   return SOLVERS[name](np.asarray(x, np.int32))
 
 
-TASKS: dict[str, Generator] = {
+PROBLEMS: dict[str, Generator] = {
     "copy": copy,
     "reverse": reverse,
     "duplicate": duplicate,
@@ -262,14 +264,14 @@ TASKS: dict[str, Generator] = {
 
 
 def get(name: str) -> Generator:
-  """The generator of task `name`; an unknown name lists the known ones."""
-  if name not in TASKS:
-    raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
-  return TASKS[name]
+  """The generator of problem `name`; an unknown name lists the known ones."""
+  if name not in PROBLEMS:
+    raise ValueError(f"unknown problem {name!r}; choose one of {', '.join(PROBLEMS)}")
+  return PROBLEMS[name]
 
 
 def output_length(name: str, length: int) -> int:
-  """Output tokens of task `name` for inputs of `length` (fixed per length for every task)."""
+  """Output tokens of problem `name` for inputs of `length` (fixed per length for every problem)."""
   if name == "duplicate":
     return 2 * length
   if name == "binary_addition":
@@ -305,7 +307,9 @@ def encode_encoder(x: np.ndarray, y: np.ndarray):
   return inputs, targets, weights
 
 
-ENCODERS = {"decoder": encode_decoder, "encoder": encode_encoder}
+# By model family (`posjax.models.FAMILIES`): the causal decoder, or the bidirectional encoder
+# with its masked-LM head (logits at every position).
+ENCODERS = {"decoder": encode_decoder, "mlm": encode_encoder}
 
 
 def random_positions(rng: np.random.Generator, length: int, max_position: int) -> np.ndarray:
@@ -325,14 +329,15 @@ def bucket(length: int, multiple: int) -> int:
 def make_batch(name: str, rng: np.random.Generator, lengths: Sequence[int], *,
                family: str = "decoder", pad_to: Optional[int] = None, randomized: bool = False,
                max_position: int = 2048) -> dict[str, np.ndarray]:
-  """One batch of task `name`, one example per entry of `lengths` (input lengths).
+  """One batch of problem `name`, one example per entry of `lengths` (input lengths).
 
   Returns `{inputs, targets, positions, segment_ids, weights}`, `[B, pad_to]` each (default: the
   longest example), padded with PAD in segment 0. `randomized` draws each example's positions
   as a sorted sample from [0, max_position) (Ruoss et al. 2023); otherwise 0..len-1.
   """
   if family not in ENCODERS:
-    raise ValueError(f"unknown task model family {family!r}; choose decoder or encoder")
+    raise ValueError(f"unknown model family {family!r} for an algorithmic problem; choose "
+                     f"{' or '.join(ENCODERS)}")
   generate, encode = get(name), ENCODERS[family]
   examples = [encode(*generate(rng, int(n))) for n in lengths]
   longest = max(len(e[0]) for e in examples)
@@ -353,3 +358,63 @@ def make_batch(name: str, rng: np.random.Generator, lengths: Sequence[int], *,
     batch["positions"][row, :n] = (random_positions(rng, n, max_position) if randomized
                                    else np.arange(n, dtype=np.int32))
   return batch
+
+
+class Batches:
+  """Batches of problem `name`, an iterator whose state is the number of batches it has given.
+
+  Batch `i` of process `p` is drawn from its own generator, `np.random.default_rng([*seed, p, i])`
+  (`seed` an int or a tuple of ints; every example's input length uniform in
+  `min_length..max_length`), so a run resumed with
+  `set_state` reads exactly the batches an uninterrupted run would have read, and processes read
+  different examples. `num_batches` ends the iterator (None: endless).
+  """
+
+  def __init__(self, name: str, *, batch_size: int, min_length: int, max_length: int, seed,
+               family: str = "decoder", pad_to: Optional[int] = None, randomized: bool = False,
+               max_position: int = 2048, process_index: int = 0,
+               num_batches: Optional[int] = None):
+    get(name)
+    if not 1 <= min_length <= max_length:
+      raise ValueError(f"input lengths {min_length}..{max_length}: need 1 <= min <= max")
+    self.name, self.batch_size = name, int(batch_size)
+    self.seed = tuple(int(s) for s in np.atleast_1d(seed))
+    self.min_length, self.max_length = int(min_length), int(max_length)
+    self.family, self.randomized, self.max_position = family, randomized, max_position
+    self.pad_to = sequence_length(name, max_length) if pad_to is None else pad_to
+    self.process_index, self.num_batches = process_index, num_batches
+    self._index = 0
+
+  def __iter__(self) -> "Batches":
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self.num_batches is not None and self._index >= self.num_batches:
+      raise StopIteration
+    rng = np.random.default_rng([*self.seed, self.process_index, self._index])
+    lengths = rng.integers(self.min_length, self.max_length + 1, self.batch_size)
+    self._index += 1
+    return make_batch(self.name, rng, lengths, family=self.family, pad_to=self.pad_to,
+                      randomized=self.randomized, max_position=self.max_position)
+
+  def get_state(self) -> dict:
+    return {"problem": self.name, "batches_read": self._index}
+
+  def set_state(self, state: dict) -> None:
+    if state.get("problem") != self.name or "batches_read" not in state:
+      raise ValueError(f"data state {state} is not that of a {self.name} problem iterator")
+    self._index = int(state["batches_read"])
+
+
+class Vocabulary:
+  """The problems' token layout as a tokenizer (`vocab_size`, `pad_id`, `encode`, `decode`)."""
+
+  name = "algorithmic"
+  vocab_size = VOCAB_SIZE
+  pad_id = PAD
+
+  def encode(self, readable: str) -> np.ndarray:
+    return tokens(readable)
+
+  def decode(self, ids) -> str:
+    return text(int(t) for t in np.asarray(ids).reshape(-1) if int(t) != PAD)

@@ -109,11 +109,44 @@ def write_markdown(path: str, rows: Sequence[Mapping[str, Any]], *, title: str =
 
 @dataclasses.dataclass
 class Series:
-  """One line of a `line_plot`; `style` goes to `Axes.plot` (linestyle, marker, color, ...)."""
+  """One line of a `line_plot`; `style` goes to `Axes.plot` (linestyle, marker, color, ...);
+  `low` and `high`, when given, shade a band around it (e.g. the spread over seeds)."""
   label: str
   x: Sequence[float]
   y: Sequence[float]
   style: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  low: Optional[Sequence[float]] = None
+  high: Optional[Sequence[float]] = None
+
+
+def over_seeds(rows: Sequence[Mapping[str, Any]], by: Sequence[str],
+               values: Sequence[str]) -> list[dict]:
+  """One row per distinct value of the `by` columns (in first-seen order), holding each of
+  `values` as its mean over the rows of that group (one a seed), `<value>_std` (the sample
+  standard deviation, ddof=1; 0 for one row) and `seeds` (how many rows). Missing or NaN values
+  are left out of a group's statistics."""
+  groups: dict[tuple, list] = {}
+  for r in rows:
+    groups.setdefault(tuple(r[k] for k in by), []).append(r)
+  out = []
+  for key, members in groups.items():
+    row = dict(zip(by, key))
+    for v in values:
+      xs = np.asarray([float(m[v]) for m in members if not _is_missing(m.get(v))], np.float64)
+      xs = xs[np.isfinite(xs)]
+      row[v] = float(xs.mean()) if len(xs) else float("nan")
+      row[f"{v}_std"] = float(xs.std(ddof=1)) if len(xs) > 1 else 0.0 if len(xs) else float("nan")
+    row["seeds"] = len(members)
+    out.append(row)
+  return out
+
+
+def mean_std(row: Mapping[str, Any], value: str, digits: int = 3) -> str:
+  """`"0.512 ± 0.030"` from an `over_seeds` row (just the mean for a single seed)."""
+  mean, std = row[value], row.get(f"{value}_std", 0.0)
+  if _is_missing(mean):
+    return "n/a"
+  return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if row.get("seeds", 1) > 1 else "")
 
 
 def _save(fig: Figure, path: str) -> str:
@@ -134,7 +167,10 @@ def line_plot(path: str, series: Sequence[Series], *, xlabel: str, ylabel: str, 
     y = np.asarray([np.nan if _is_missing(v) else v for v in s.y], np.float64)
     keep = np.isfinite(x) & np.isfinite(y) & ((y > 0) if log_y else True)
     if keep.any():
-      ax.plot(x[keep], y[keep], label=s.label, **{"marker": "o", **dict(s.style)})
+      line, = ax.plot(x[keep], y[keep], label=s.label, **{"marker": "o", **dict(s.style)})
+      if s.low is not None and s.high is not None:
+        low, high = (np.asarray(b, np.float64)[keep] for b in (s.low, s.high))
+        ax.fill_between(x[keep], low, high, color=line.get_color(), alpha=0.2, linewidth=0)
   for x, label in vlines:
     ax.axvline(x, color="gray", linestyle=":", linewidth=1, label=label or None)
   if log2_x:

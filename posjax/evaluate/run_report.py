@@ -5,6 +5,7 @@ Language modelling (LM, MLM): validation loss and perplexity at each `eval.lengt
 seq_len, on the same text (`eval_by_length.md`). Labelled fine-tuning: the best checkpoint (by
 `train.best_metric`) on the validation split, and on the test split with passages up to each
 multiplier × seq_len (`finetune_report.md`, and everything in `finetune_results.json`).
+Algorithmic problems: accuracy at every test input length (`posjax.evaluate.algorithmic`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import math
 import os
 
+from posjax.evaluate import algorithmic
 from posjax.run import classification, objectives
 from posjax.run.experiment import Run
 from posjax.run.objectives import LengthResult
@@ -22,6 +24,8 @@ def report(run: Run, state) -> str:
   """Evaluate `state` as the run's final report, write it under the workdir, return it."""
   if isinstance(run.objective, objectives.Labelled):
     return labelled_report(run, state)
+  if isinstance(run.objective, objectives.Algorithmic):
+    return algorithmic.report(run, state)
   table = length_table(evaluate_lengths(run, state))
   with open(os.path.join(run.workdir, "eval_by_length.md"), "w") as f:
     f.write(table + "\n")

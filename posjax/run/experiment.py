@@ -9,16 +9,18 @@ and the studies (`posjax.evaluate`) all start from a `Run`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
 from absl import logging
 
-from posjax import configs, data
+from posjax import configs
 from posjax.data.tokenizers import check_token_ids
 from posjax.nn import peft
 from posjax.run import checkpointing, init_from, objectives, pretrained, record, sharding
+from posjax.run import word_vectors
 from posjax.run.config import check_run, model_config
 from posjax.run.steps import TrainState
 from posjax.run.trainable import make_trainable
@@ -42,19 +44,25 @@ class Run:
     if self.hf_dir:  # fine-tuning a Hugging Face BERT: its config and vocabulary
       self.tokenizer, self.cfg = pretrained.hf_backbone(config.model, self.hf_dir)
     else:
-      self.tokenizer = data.get_tokenizer(config.data)
+      self.tokenizer = self.objective.tokenizer()
       self.cfg = model_config(config, self.tokenizer.vocab_size)
     self.mesh = sharding.make_mesh(config.mesh)
-    check_run(config, self.cfg, jax.device_count(), dict(self.mesh.shape))
+    shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    check_run(config, dict(self.mesh.shape), self.objective.problems(self.cfg, shards))
     self.family = config.model.family
     self.peft = peft.PeftConfig.from_config(config.peft if "peft" in config else {})
     self.peft.validate(self.cfg.num_layers)
+    self.word_vectors = word_vectors.options(config)  # model.word_vectors (None: not used)
+    if self.word_vectors is not None and self.word_vectors.freeze:
+      self.peft = dataclasses.replace(self.peft, freeze_token_embedding=True)
     self.trainable = make_trainable(self.family, self.cfg, config.train, self.mesh,
                                     seed=config.seed, peft_config=self.peft,
                                     **self.objective.head_options())
     self.checkpointer = checkpointing.Checkpointer(
         workdir, keep=config.train.keep_checkpoints, best_metric=config.train.best_metric or None,
         best_mode=config.train.best_mode)
+    if self.word_vectors is not None and self.checkpointer.latest_step() is None:
+      word_vectors.check(self.word_vectors, self.tokenizer, self.cfg.dim)  # read at init_state
 
   @classmethod
   def from_workdir(cls, workdir: str, overrides: Optional[Mapping[str, Any]] = None, *,
@@ -74,6 +82,9 @@ class Run:
   def init_state(self) -> TrainState:
     """Fresh parameters, created already sharded (no full copy on one device)."""
     state = self.trainable.create()
+    if self.word_vectors is not None:
+      state = state.replace(params=word_vectors.initialise(
+          state.params, self.word_vectors, self.tokenizer, tied=self.cfg.tie_embeddings))
     source = self.config.train.init_from
     abstract_params = self.trainable.abstract_state.params
     if source and isinstance(self.objective, objectives.LanguageModeling):  # the same model

@@ -53,7 +53,7 @@ def _train(run: Run, stop_after: Optional[int]) -> TrainState:
     metrics_lib.log(f"early stopping ended this run at step {start}: nothing to train (raise "
                     "train.early_stopping_patience, or set it to 0, to train on)")
     return state
-  seq_len, batch = config.data.seq_len, config.data.global_batch_size
+  seq_len, batch = run.objective.train_seq_len, config.data.global_batch_size
   train_iter = iter(run.dataset("train", seq_len, batch, train=True))
   if data_state is not None:
     train_iter.set_state(data_state)

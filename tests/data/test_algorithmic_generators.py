@@ -1,4 +1,4 @@
-"""Task generators against hand-worked answers; encodings weight exactly the output tokens.
+"""Algorithmic problem generators against hand-worked answers; encodings weight exactly the outputs.
 
 Hand cases follow the examples of Delétang et al. 2023 (the tasks of Ruoss et al. 2023).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from posjax.data import tasks as T
+from posjax.data import algorithmic as T
 
 
 def solved(name: str, text: str) -> str:
@@ -45,7 +45,7 @@ def test_hand_worked_answers(name, question, answer):
   assert solved(name, question) == answer
 
 
-@pytest.mark.parametrize("name", list(T.TASKS))
+@pytest.mark.parametrize("name", list(T.PROBLEMS))
 def test_generated_examples_are_right_and_have_their_lengths(name):
   rng = np.random.default_rng(0)
   for length in list(range(1, 14)) + [41, 100, 500]:
@@ -83,8 +83,8 @@ def test_generators_follow_their_definitions():
   assert len(y) == 401 and T.EOS in y
 
 
-def test_unknown_task_and_bad_length_are_clear():
-  with pytest.raises(ValueError, match="unknown task 'sort'.*bucket_sort"):
+def test_unknown_problem_and_bad_length_are_clear():
+  with pytest.raises(ValueError, match="unknown problem 'sort'.*bucket_sort"):
     T.get("sort")
   with pytest.raises(ValueError, match="length >= 1"):
     T.reverse(np.random.default_rng(0), 0)
@@ -109,7 +109,7 @@ def test_encoder_encoding_weights_exactly_the_blanks():
   assert np.all(inputs[weights == 1] == T.BLANK)
 
 
-@pytest.mark.parametrize("family", ["decoder", "encoder"])
+@pytest.mark.parametrize("family", ["decoder", "mlm"])
 @pytest.mark.parametrize("name", ["duplicate", "parity", "binary_addition"])
 def test_batches_pad_in_segment_zero_and_weight_only_outputs(family, name):
   rng = np.random.default_rng(3)
@@ -143,3 +143,28 @@ def test_randomized_positions_are_sorted_unique_and_below_the_maximum():
   assert seen == set(range(64))  # the whole range is reachable, not just 0..n-1
   with pytest.raises(ValueError, match="max_position=8"):
     T.random_positions(rng, 9, 8)
+
+
+def test_batches_resume_where_they_stopped_and_differ_per_process():
+  def batches(**kw):
+    return T.Batches("reverse", batch_size=4, min_length=1, max_length=6, seed=(7,), **kw)
+  stream = batches()
+  first = [next(stream) for _ in range(3)]
+  state = stream.get_state()
+  assert state == {"problem": "reverse", "batches_read": 3}
+  resumed = batches()
+  resumed.set_state(state)
+  np.testing.assert_array_equal(next(resumed)["inputs"], next(stream)["inputs"])
+  np.testing.assert_array_equal(next(iter(batches()))["inputs"], first[0]["inputs"])
+  other = next(batches(process_index=1))
+  assert not np.array_equal(other["inputs"], first[0]["inputs"])
+  assert first[0]["inputs"].shape == (4, T.sequence_length("reverse", 6))
+  assert len(list(batches(num_batches=2))) == 2
+  with pytest.raises(ValueError, match="not that of a reverse problem"):
+    batches().set_state({"problem": "parity", "batches_read": 1})
+
+
+def test_vocabulary_reads_and_writes_the_token_names():
+  vocab = T.Vocabulary()
+  assert vocab.vocab_size == 14 and vocab.pad_id == T.PAD
+  assert vocab.decode(np.r_[vocab.encode("01+1|"), [T.PAD, T.PAD]]) == "01+1|"
