@@ -46,6 +46,18 @@ def get_config(arg=None):
       attention_backend="auto",       # auto, xla, chunked, cudnn
       remat=False,                    # rematerialize blocks in the backward pass
       dtype="float32",                # compute dtype: float32 or bfloat16 (parameters stay f32)
+      # Pretrained word vectors for the token embedding (posjax.run.word_vectors; needs
+      # data.tokenizer=word). Read when the parameters are initialised; entries the file lacks
+      # keep their random rows; the coverage is logged.
+      word_vectors="",                # a word2vec (text or binary) or GloVe file ("": none);
+                                      # its dimension must equal model.dim
+      word_vectors_format="auto",     # auto, word2vec_text, word2vec_binary or glove
+      word_vectors_lowercase=True,    # an entry missing from the file takes the vector of the
+                                      # same word in another case
+      word_vectors_std=0.02,          # rescale the loaded vectors to this std (that of the random
+                                      # rows); 0: as in the file
+      freeze_word_vectors=False,      # True: the token embedding never trains (uncovered rows
+                                      # stay random too); False: the vectors are fine-tuned
   ))
 
   config.data = ml_collections.ConfigDict(dict(
@@ -56,8 +68,16 @@ def get_config(arg=None):
       streaming=placeholder(bool),    # read documents as a stream (None: automatic, True for
                                       # TFDS catalog datasets, False for shakespeare and text)
       text_key="text",                # for TFDS catalog datasets: the feature holding the text
-      tokenizer="byte",               # byte, or sentencepiece / bpe trained on the training split
-      vocab_size=0,                   # for a trained tokenizer; 0 for byte
+      tokenizer="byte",               # byte; sentencepiece / bpe trained on the training split;
+                                      # or word: whole words from the training split
+                                      # (posjax.data.word_tokenizer)
+      vocab_size=0,                   # for a trained tokenizer; 0 for byte; for word, a cap on
+                                      # the vocabulary, specials included (0: no cap)
+      min_count=1,                    # word: a word enters the vocabulary from this many
+                                      # occurrences (rarer ones become [UNK])
+      lowercase=True,                 # word: lower-case the text (False: keep case)
+      truncation="end",               # word: a labelled example too long for seq_len loses its
+                                      # end (end) or its start (start); rows are padded at the end
       seq_len=128,                    # training length L
       global_batch_size=16,           # sequences per step, summed over all devices and hosts
       seed=0,                         # data order, separate from the model seed

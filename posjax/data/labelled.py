@@ -170,6 +170,9 @@ def encode_passages(passages: Passages, tokenizer, *, cls: bool,
   suffix = [tokenizer.sep_id] if bert_style else []
   room = None if seq_len is None else seq_len - len(prefix) - len(suffix)
   inside = inside_map(passages.label_names)
+  # A tokenizer with a truncation policy (posjax.data.word_tokenizer) decides which end goes.
+  truncate = (lambda x: tokenizer.truncate(x, room)) if (
+      hasattr(tokenizer, "truncate") and room is not None) else (lambda x: np.asarray(x)[:room])
   tokens, labels = [], []
   for text, label in zip(passages.texts, passages.labels):
     if passages.kind == "token":
@@ -181,12 +184,12 @@ def encode_passages(passages: Passages, tokenizer, *, cls: bool,
       else:
         raise ValueError("token classification needs character offsets: use data.tokenizer=byte "
                          "(or a BERT checkpoint's WordPiece vocabulary)")
-      tags = np.concatenate([[O] * len(prefix), tags[:room], [O] * len(suffix)])
+      tags = np.concatenate([[O] * len(prefix), truncate(tags), [O] * len(suffix)])
       labels.append(tags.astype(np.int32))
     else:
       ids = tokenizer.encode(text)
       labels.append(int(label))
-    ids = np.concatenate([prefix, np.asarray(ids)[:room], suffix]).astype(np.int32)
+    ids = np.concatenate([prefix, truncate(ids), suffix]).astype(np.int32)
     check_token_ids(ids, tokenizer.vocab_size, what="a tokenized passage")
     tokens.append(ids)
   return tokens, labels

@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-TOKENIZER_NAMES = ("byte", "sentencepiece", "bpe")
+TOKENIZER_NAMES = ("byte", "sentencepiece", "bpe", "word")
 MAX_TRAINING_DOCUMENTS = 100_000  # a trained tokenizer sees at most this many training documents
 
 
@@ -129,7 +129,8 @@ def get_tokenizer(data_config, train_texts: Sequence[str] | None = None, *,
                   cache_dir: str | None = None):
   """The tokenizer named by `config.data.tokenizer`.
 
-  `byte` needs nothing. `sentencepiece` (unigram) and `bpe` train a SentencePiece model of
+  `byte` needs nothing; `word` builds a word vocabulary from the training split (see
+  `posjax.data.word_tokenizer`). `sentencepiece` (unigram) and `bpe` train a SentencePiece model of
   `config.data.vocab_size` pieces on `train_texts` (default: the training split of `config.data`)
   (at most `MAX_TRAINING_DOCUMENTS`, evenly spaced) and cache it under `cache_dir` (default
   `~/.cache/posjax/tokenizers`), keyed by a hash of the texts and options, so every host and every
@@ -141,6 +142,9 @@ def get_tokenizer(data_config, train_texts: Sequence[str] | None = None, *,
     return ByteTokenizer()
   if name not in TOKENIZER_NAMES:
     raise ValueError(f"unknown tokenizer {name!r}: use one of {', '.join(TOKENIZER_NAMES)}")
+  if name == "word":  # whole words, vocabulary from the training split (no cache: fast)
+    from posjax.data import word_tokenizer
+    return word_tokenizer.from_config(data_config, train_texts)
   vocab_size = int(config_value(data_config, "vocab_size", 0))
   if vocab_size <= 0:
     raise ValueError(f"tokenizer={name} needs config.data.vocab_size > 0 (e.g. 4096)")

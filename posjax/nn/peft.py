@@ -50,6 +50,8 @@ class PeftConfig:
   lora_targets: tuple[str, ...] = ("query", "value")
   adapter_dim: int = 16
   prompt_length: int = 16
+  freeze_token_embedding: bool = False  # besides the method: the token table never trains
+                                        # (set by model.freeze_word_vectors)
 
   @classmethod
   def from_config(cls, config) -> "PeftConfig":
@@ -206,6 +208,8 @@ def is_trainable(names: Sequence[str], peft: PeftConfig) -> bool:
   names = list(names)
   if names and names[0] == "head":
     return True
+  if peft.freeze_token_embedding and names[-2:] == ["tokens", "embedding"]:
+    return False
   embedding = "embedding" in names[:-1] or "input_positional" in names
   method = peft.method
   if method == "full":
