@@ -85,7 +85,8 @@ class Run:
     if self.word_vectors is not None:
       state = state.replace(params=word_vectors.initialise(
           state.params, self.word_vectors, self.tokenizer,
-          tied=self.cfg.tie_embeddings and self.family in ("decoder", "mlm", "encoder_decoder")))
+          tied=self.cfg.tie_embeddings and self.family in ("decoder", "mlm", "encoder_decoder"),
+          log_path=f"{self.workdir}/train.log" if jax.process_index() == 0 else None))
     source = self.config.train.init_from
     abstract_params = self.trainable.abstract_state.params
     if source and isinstance(self.objective, objectives.LanguageModeling):  # the same model

@@ -24,6 +24,7 @@ checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Optional
 
 import jax
@@ -32,6 +33,7 @@ import numpy as np
 from absl import logging
 
 from posjax.nn import word_vectors
+from posjax.run import metrics
 
 # The config.model fields read here (they are not TransformerConfig fields).
 FIELDS = ("word_vectors", "word_vectors_format", "word_vectors_lowercase", "word_vectors_std",
@@ -136,15 +138,22 @@ def apply(params: Any, vectors: word_vectors.WordVectors) -> Any:
   return out
 
 
-def initialise(params: Any, opts: Options, tokenizer, *, tied: bool = False) -> Any:
-  """Load the vectors into `params` and log the coverage (the run's `init_state`); `tied`: the
-  model's output layer is its token table."""
+def initialise(params: Any, opts: Options, tokenizer, *, tied: bool = False,
+               log_path: Optional[str] = None) -> Any:
+  """Load the vectors into `params` and report the coverage on the console, in absl's log and in
+  `log_path` (the run's train.log) (the run's `init_state`); `tied`: the model's output layer is
+  its token table."""
   vectors = load(opts, tokenizer)
-  logging.info("model.word_vectors=%s: %s; the rest keep their random rows; %s", opts.path,
-               vectors.summary(), "frozen" if opts.freeze else "fine-tuned")
+  lines = [f"model.word_vectors={opts.path}: {vectors.summary()}; the other rows stay random; "
+           f"{'frozen' if opts.freeze else 'fine-tuned'}"]
   if opts.freeze and tied:
-    logging.warning("model.freeze_word_vectors with model.tie_embeddings: the output layer is "
-                    "the frozen token table too")
+    lines.append("warning: model.freeze_word_vectors with model.tie_embeddings: the output layer "
+                 "is the frozen token table too")
   if vectors.num_covered == 0:
-    logging.warning("model.word_vectors=%s covers no vocabulary entry", opts.path)
+    lines.append(f"warning: model.word_vectors={opts.path} covers no vocabulary entry")
+  if log_path and not os.path.isdir(os.path.dirname(log_path) or "."):
+    log_path = None  # no run directory yet (a Run used from Python before training)
+  for line in lines:
+    logging.info("%s", line)
+    metrics.log(line, log_path=log_path)
   return apply(params, vectors)
