@@ -2,66 +2,66 @@
 
   python -m experiments.finetune --workdir=runs/finetune [--schemes=learned,rope,alibi] \
       [--methods=full,freeze_embeddings,freeze_bottom,lora,adapters,bitfit,prompt] \
-      [--tasks=cls,ner] [--pretrain=train.steps=800] [--finetune=train.steps=100,...]
+      [--tasks=cls,ner] [--seeds=0,1,2] [--pretrain.train.steps=800] \
+      [--finetune.train.steps=100 --finetune.data.global_batch_size=16 ...]
 
-For every scheme, `configs/mlm.py:<scheme>` pretrains in `<workdir>/mlm_<scheme>` (skipped when
-its checkpoint has reached `train.steps`); then for every task (`cls`: configs/finetune_cls.py,
-passage genre; `ner`: configs/finetune_ner.py, character names) and method, a fine-tune in
-`<workdir>/<task>_<scheme>_<method>` starts from it (skipped when its `finetune_results.json`
-exists). `--pretrain` and `--finetune` override config fields (`key=value`, comma-separated).
-Writes `results.csv`, `results.md`, and per task a heatmap of the test score (methods × schemes)
-and the test score against passage length, in `<workdir>`.
+For every scheme and seed, `configs/mlm.py:<scheme>` pretrains in `<workdir>/mlm_<scheme>/seed_<s>`
+(resumed, or only restored when its checkpoint has reached `train.steps`); then for every task
+(`cls`: configs/finetune_cls.py, passage genre; `ner`: configs/finetune_ner.py, character names)
+and method, a fine-tune in `<workdir>/<task>_<scheme>_<method>/seed_<s>` starts from it (skipped
+when its `finetune_results.json` exists). The seed is the model's and the data's, in both stages.
+`--pretrain.<field>=value` overrides a field of every pretraining config, `--finetune.<field>=value`
+of every fine-tuning config (ml-collections flags, as `posjax.main --config.<field>`; the flags'
+config files are only the field lists: each run loads its own). Writes `results.csv` (a row per
+run), `results.md` (per task, each score as the mean ± std over seeds), and per task a heatmap of
+the mean test score (methods × schemes) and the test score against passage length, in `<workdir>`.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import os
+import sys
 import time
 
 from absl import app, flags
+from ml_collections import config_flags
+
+from posjax import configs
 
 CONFIGS = {"cls": "configs/finetune_cls.py", "ner": "configs/finetune_ner.py"}
 SCORE = {"cls": ("macro_f1", "macro-F1"), "ner": ("entity_f1", "entity F1")}
 
 
-def _overrides(pairs: list[str]) -> dict:
-  out = {}
-  for pair in pairs:
-    key, sep, value = pair.partition("=")
-    if not sep:
-      raise ValueError(f"override {pair!r} is not key=value")
-    try:
-      out[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      out[key] = value
-  return out
+def _seeded(config, seed: int):
+  config.seed = config.data.seed = int(seed)
+  return config
 
 
-def pretrain(scheme: str, workdir: str, overrides: dict, *, tiny: bool = False) -> str:
-  from posjax.configs import load_config
+def pretrain(scheme: str, workdir: str, overrides: dict, *, seed: int = 0,
+             tiny: bool = False) -> str:
   from posjax.run.experiment import Run
   from posjax.train import loop
-  config = load_config(f"configs/mlm.py:{scheme}{',tiny' if tiny else ''}", **overrides)
+  config = _seeded(configs.load_config(f"configs/mlm.py:{scheme}{',tiny' if tiny else ''}",
+                                       **overrides), seed)
   config.mode = "train"
   loop.train(Run(config, workdir))  # a finished run is only restored
   return workdir
 
 
 def finetune(task: str, scheme: str, method: str, workdir: str, init_from: str,
-             overrides: dict, *, tiny: bool = False) -> dict:
+             overrides: dict, *, seed: int = 0, tiny: bool = False) -> dict:
   """One fine-tuning run (or its saved results); returns `finetune_results.json` plus timing."""
   path = os.path.join(workdir, "finetune_results.json")
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)
-  from posjax.configs import load_config
   from posjax.evaluate import run_report
   from posjax.run.experiment import Run
   from posjax.train import loop
-  config = load_config(f"{CONFIGS[task]}:{scheme},{method}{',tiny' if tiny else ''}",
-                       **{"train.init_from": os.path.abspath(init_from), **overrides})
+  config = _seeded(configs.load_config(
+      f"{CONFIGS[task]}:{scheme},{method}{',tiny' if tiny else ''}",
+      **{"train.init_from": os.path.abspath(init_from), **overrides}), seed)
   start = time.perf_counter()
   run = Run(config, workdir)
   state = loop.train(run)
@@ -75,10 +75,10 @@ def finetune(task: str, scheme: str, method: str, workdir: str, init_from: str,
   return summary
 
 
-def result_row(task: str, scheme: str, method: str, summary: dict) -> dict:
-  """One table row: sizes, time, and the score (and accuracy) on each evaluation."""
+def result_row(task: str, scheme: str, method: str, seed: int, summary: dict) -> dict:
+  """One run's row: sizes, time, and the score (and accuracy) on each evaluation."""
   key, _ = SCORE[task]
-  row = {"task": task, "scheme": scheme, "method": method,
+  row = {"task": task, "scheme": scheme, "method": method, "seed": seed,
          "trained params": summary["trainable_params"],
          "trained %": round(100 * summary["trainable_params"] / summary["total_params"], 2),
          "steps": summary.get("steps_run", summary["step"]), "best step": summary["step"],
@@ -90,75 +90,106 @@ def result_row(task: str, scheme: str, method: str, summary: dict) -> dict:
   return row
 
 
+SIZES = ("trained params", "trained %")
+PER_RUN = ("steps", "best step", "seconds")
+
+
 def write_reports(rows: list[dict], workdir: str) -> str:
-  """`results.csv`, `results.md` (a table per task) and the plots; returns the Markdown path."""
+  """`results.csv` (a row per run), `results.md` (a table per task: sizes, then each score as
+  the mean ± std over seeds) and the plots; returns the Markdown path."""
   from posjax.evaluate import report
   report.write_csv(os.path.join(workdir, "results.csv"), rows)
-  sections = ["# Fine-tuning: method × positional scheme\n"]
+  seeds = sorted({r["seed"] for r in rows})
+  sections = ["# Fine-tuning: method × positional scheme\n",
+              f"Seeds {', '.join(map(str, seeds))}"
+              + (": mean ± sample std over seeds.\n" if len(seeds) > 1 else ".\n")]
   for task in list(dict.fromkeys(r["task"] for r in rows)):
     key, label = SCORE[task]
-    task_rows = [{k: v for k, v in r.items() if k != "task"} for r in rows if r["task"] == task]
-    sections.append(f"## {task}: {label} (and accuracy)\n\n{report.markdown_table(task_rows)}\n")
-    methods = list(dict.fromkeys(r["method"] for r in task_rows))
-    schemes = list(dict.fromkeys(r["scheme"] for r in task_rows))
-    grid = [[next((r[f"test 1x {key}"] for r in task_rows
+    task_rows = [r for r in rows if r["task"] == task]
+    scores = [k for k in task_rows[0] if k.endswith(f" {key}") or k.endswith(" acc")]
+    summary = report.over_seeds(task_rows, ("scheme", "method") + SIZES, PER_RUN + tuple(scores))
+    table = [{**{k: r[k] for k in ("scheme", "method") + SIZES}, "seeds": r["seeds"],
+              **{k: int(round(r[k])) for k in PER_RUN},
+              **{k: report.mean_std(r, k) for k in scores}} for r in summary]
+    sections.append(f"## {task}: {label} (and accuracy)\n\n{report.markdown_table(table)}\n")
+    methods = list(dict.fromkeys(r["method"] for r in summary))
+    schemes = list(dict.fromkeys(r["scheme"] for r in summary))
+    grid = [[next((r[f"test 1x {key}"] for r in summary
                    if r["method"] == m and r["scheme"] == s), float("nan")) for s in schemes]
             for m in methods]
     report.heatmap(os.path.join(workdir, f"{task}_scores.png"), grid, rows=methods,
                    columns=schemes, title=f"{task}: test {label} at the training length")
-    lengths = sorted({float(k.split()[1][:-1]) for k in task_rows[0]
+    lengths = sorted({float(k.split()[1][:-1]) for k in scores
                       if k.startswith("test ") and k.endswith(key)})
-    series = [report.Series(f"{r['scheme']} {r['method']}", lengths,
-                            [r.get(f"test {m:g}x {key}") for m in lengths],
-                            {"linestyle": "-" if r["method"] == "full" else "--"})
-              for r in task_rows if r["method"] in ("full", "lora")]
+    series = [report.Series(
+        f"{r['scheme']} {r['method']}", lengths, [r[f"test {m:g}x {key}"] for m in lengths],
+        {"linestyle": "-" if r["method"] == "full" else "--"},
+        low=[r[f"test {m:g}x {key}"] - r[f"test {m:g}x {key}_std"] for m in lengths],
+        high=[r[f"test {m:g}x {key}"] + r[f"test {m:g}x {key}_std"] for m in lengths])
+              for r in summary if r["method"] in ("full", "lora")]
     report.line_plot(os.path.join(workdir, f"{task}_by_length.png"), series,
                      xlabel="longest test passage (× training length)", ylabel=f"test {label}",
-                     title=f"{task}: passages longer than in training", log2_x=True)
+                     title=f"{task}: passages longer than in training (± std over seeds)",
+                     log2_x=True)
   path = os.path.join(workdir, "results.md")
   with open(path, "w") as f:
     f.write("\n".join(sections))
   return path
 
 
-def sweep(workdir: str, schemes, methods, tasks, *, pretrain_overrides=(),
-          finetune_overrides=(), tiny: bool = False) -> str:
-  """Every scheme × task × method (see the module docstring); returns the results.md path."""
+def sweep(workdir: str, schemes, methods, tasks, *, seeds=(0,), pretrain_overrides=None,
+          finetune_overrides=None, tiny: bool = False) -> str:
+  """Every scheme × seed × task × method (see the module docstring); `*_overrides` are
+  `{"dotted.field": value}`; returns the results.md path."""
   from posjax.nn.peft import METHODS
   bad = [m for m in methods if m not in METHODS] + [t for t in tasks if t not in CONFIGS]
   if bad:
     raise ValueError(f"unknown methods/tasks {bad}: methods {METHODS}, tasks {list(CONFIGS)}")
-  pre, fine = _overrides(pretrain_overrides), _overrides(finetune_overrides)
   rows, path = [], None
   for scheme in schemes:
-    mlm = pretrain(scheme, os.path.join(workdir, f"mlm_{scheme}"), pre, tiny=tiny)
-    for task in tasks:
-      for method in methods:
-        run = os.path.join(workdir, f"{task}_{scheme}_{method}")
-        rows.append(result_row(task, scheme, method,
-                               finetune(task, scheme, method, run, mlm, fine, tiny=tiny)))
-        path = write_reports(rows, workdir)
+    for seed in seeds:
+      mlm = pretrain(scheme, os.path.join(workdir, f"mlm_{scheme}", f"seed_{seed}"),
+                     dict(pretrain_overrides or {}), seed=seed, tiny=tiny)
+      for task in tasks:
+        for method in methods:
+          run = os.path.join(workdir, f"{task}_{scheme}_{method}", f"seed_{seed}")
+          summary = finetune(task, scheme, method, run, mlm, dict(finetune_overrides or {}),
+                             seed=seed, tiny=tiny)
+          rows.append(result_row(task, scheme, method, seed, summary))
+          path = write_reports(rows, workdir)
   return path
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  path = sweep(_WORKDIR.value, _SCHEMES.value, _METHODS.value, _TASKS.value,
-               pretrain_overrides=_PRETRAIN.value, finetune_overrides=_FINETUNE.value,
-               tiny=_TINY.value)
+  f = flags.FLAGS
+  path = sweep(f.workdir, f.schemes, f.methods, f.tasks, seeds=[int(s) for s in f.seeds],
+               pretrain_overrides=config_flags.get_override_values(f["pretrain"]),
+               finetune_overrides=config_flags.get_override_values(f["finetune"]), tiny=f.tiny)
   print(open(path).read(), flush=True)
 
 
-if __name__ == "__main__":
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory.")
-  _SCHEMES = flags.DEFINE_list("schemes", "learned,rope,alibi", "Positional schemes.")
-  _METHODS = flags.DEFINE_list(
-      "methods", "full,freeze_embeddings,freeze_bottom,lora,adapters,bitfit,prompt",
-      "Fine-tuning methods (posjax.nn.peft.METHODS).")
-  _TASKS = flags.DEFINE_list("tasks", "cls,ner", "cls (genre) and/or ner (character names).")
-  _PRETRAIN = flags.DEFINE_list("pretrain", [], "key=value overrides of the MLM config.")
-  _FINETUNE = flags.DEFINE_list("finetune", [], "key=value overrides of the fine-tuning configs.")
-  _TINY = flags.DEFINE_bool("tiny", False, "The configs' tiny variants (seconds; a smoke test).")
+def define_flags() -> None:
+  """The command line (defined only when run as a program, so importing defines no flags)."""
+  flags.DEFINE_string("workdir", None, "Sweep directory.")
+  flags.DEFINE_list("schemes", "learned,rope,alibi", "Positional schemes.")
+  flags.DEFINE_list("methods", "full,freeze_embeddings,freeze_bottom,lora,adapters,bitfit,prompt",
+                    "Fine-tuning methods (posjax.nn.peft.METHODS).")
+  flags.DEFINE_list("tasks", "cls,ner", "cls (genre) and/or ner (character names).")
+  flags.DEFINE_list("seeds", "0", "Seeds (each the model's and the data's, in both stages).")
+  flags.DEFINE_bool("tiny", False, "The configs' tiny variants (seconds; a smoke test).")
+  config_flags.DEFINE_config_file(
+      "pretrain", configs.find_config_file("configs/mlm.py"),
+      "The pretraining config's fields: --pretrain.<field>=value overrides it in every run.",
+      lock_config=True)
+  config_flags.DEFINE_config_file(
+      "finetune", configs.find_config_file("configs/finetune_cls.py"),
+      "The fine-tuning configs' fields: --finetune.<field>=value overrides it in every run.",
+      lock_config=True)
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main, argv=configs.with_config_found(sys.argv))

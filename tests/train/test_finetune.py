@@ -129,11 +129,20 @@ def test_fine_tunes_a_hugging_face_bert(tmp_path, bert_dir, name):
 def test_sweep_pretrains_fine_tunes_and_tabulates(tmp_path):
   from experiments.finetune import __main__ as experiment  # defines no flags on import
   path = experiment.sweep(str(tmp_path), ["alibi"], ["bitfit"], ["cls", "ner"], tiny=True,
-                          finetune_overrides=["train.steps=3"])
+                          seeds=[0, 1], finetune_overrides={"train.steps": 3})
   text = open(path).read()
   assert "## cls: macro-F1" in text and "## ner: entity F1" in text
-  assert "| alibi | bitfit |" in text
+  assert "Seeds 0, 1: mean ± sample std over seeds." in text
+  assert "| alibi | bitfit |" in text and " ± " in text
   for name in ("cls_scores.png", "ner_by_length.png", "results.csv"):
     assert (tmp_path / name).exists()
-  summary = json.loads((tmp_path / "ner_alibi_bitfit" / "finetune_results.json").read_text())
-  assert summary["steps_run"] == 3 and 0 < summary["trainable_params"] < summary["total_params"]
+  runs = {}
+  for seed in (0, 1):
+    run = tmp_path / "ner_alibi_bitfit" / f"seed_{seed}"
+    summary = json.loads((run / "finetune_results.json").read_text())
+    assert summary["steps_run"] == 3 and 0 < summary["trainable_params"] < summary["total_params"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["seed"] == config["data"]["seed"] == seed
+    assert config["train"]["init_from"].endswith(f"mlm_alibi/seed_{seed}")
+    runs[seed] = summary["results"][0]["loss"]
+  assert runs[0] != runs[1]  # two seeds, two different runs
