@@ -39,8 +39,10 @@ _MASK_SEED_SALT = 0x6D61736B  # keeps the masking stream apart from the shufflin
 
 def _in_memory_dataset(documents, tokenizer, *, split, seq_len, batch_size, seed, shuffle,
                        repeat, process_index, process_count, drop_remainder, shift,
-                       read_options) -> grain.IterDataset:
-  """Batches of the split's rows, tokenized and packed in memory (see `packing.py`)."""
+                       read_options, mask=None) -> grain.IterDataset:
+  """Batches of the split's rows, tokenized and packed in memory (see `packing.py`). `mask`
+  (MLM) masks each row with a seed of its place in the global stream, before the rows are
+  dealt to processes, so the masks do not depend on the number of processes."""
   store = packing.tokenize_documents(documents, tokenizer)
   check_token_ids(store.tokens, tokenizer.vocab_size, what="tokenized documents")
   rows = packing.cut_and_pack(store.doc_bounds, seq_len, shift=shift)
@@ -65,8 +67,10 @@ def _in_memory_dataset(documents, tokenizer, *, split, seq_len, batch_size, seed
     dataset = dataset.repeat(None)
   else:
     dataset = dataset[:usable]
-  dataset = dataset[process_index::process_count]
   dataset = dataset.map(packing.RowMaker(store, rows, tokenizer.pad_id))
+  if mask is not None:
+    dataset = dataset.random_map(mask, seed=(seed ^ _MASK_SEED_SALT) % 2**31)
+  dataset = dataset[process_index::process_count]
   dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
   return dataset.to_iter_dataset(read_options)
 
@@ -126,18 +130,20 @@ def make_lm_dataset(data_config, *, split: str, seq_len: int, batch_size: int, t
                  drop_remainder=drop_remainder, shift=0 if mlm else 1,
                  read_options=grain.ReadOptions(num_threads=num_threads,
                                                 prefetch_buffer_size=2 * num_threads))
-  if streaming:
-    dataset = stream_lib.streaming_dataset(documents, tokenizer, **options)
-  else:
-    dataset = _in_memory_dataset(documents, tokenizer, split=split, **options)
+  mask = None
   if mlm:
     probability = mlm_probability
     if probability is None:
       probability = float(sources.config_value(data_config, "mlm_probability", 0.15))
-    dataset = dataset.random_map(
-        masking.MaskBatch(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
-                          special_ids=tokenizer.special_ids, probability=probability),
-        seed=(seed ^ _MASK_SEED_SALT) % 2**31)
+    mask = masking.MaskBatch(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
+                             special_ids=tokenizer.special_ids, probability=probability)
+  if streaming:
+    dataset = stream_lib.streaming_dataset(documents, tokenizer, **options)
+    if mask is not None:  # each process streams its own documents: its own masks too
+      dataset = dataset.random_map(
+          mask, seed=(seed ^ _MASK_SEED_SALT ^ (process_index << 20)) % 2**31)
+  else:
+    dataset = _in_memory_dataset(documents, tokenizer, split=split, mask=mask, **options)
   return iter(dataset)
 
 
