@@ -102,15 +102,13 @@ def _is_float(text: str) -> bool:
     return False
 
 
-def _text_entries(stream: BinaryIO, dim: Optional[int], first_line: int = 1):
+def _text_entries(stream: BinaryIO, dim: int, first_line: int = 1):
   """`(word, vector)` of every line of a text file (word2vec text or GloVe)."""
   for number, raw in enumerate(stream, start=first_line):
     line = raw.decode("utf-8").rstrip("\r\n").rstrip(" ")
     if not line.strip():
       continue
     parts = line.split(" ")
-    if dim is None:
-      dim = len(parts) - 1
     word, values = " ".join(parts[:-dim]), parts[-dim:]
     if len(parts) < dim + 1 or not word:
       raise ValueError(f"line {number}: expected a word and {dim} numbers, got {len(parts)} "
@@ -166,10 +164,9 @@ def load_word_vectors(source, vocabulary: Sequence[str], *, file_format: str = "
       lower.setdefault(word.lower(), []).append(i)
   found: dict[int, np.ndarray] = {}
   from_lower: dict[int, np.ndarray] = {}
-  dim = None
   with opener() as stream:
     if file_format == "glove":
-      dim = detected_dim if detected == "glove" else None
+      dim = detected_dim
       entries = _text_entries(stream, dim)
     else:
       header = _header(stream.readline())
@@ -179,16 +176,10 @@ def load_word_vectors(source, vocabulary: Sequence[str], *, file_format: str = "
       entries = (_binary_entries(stream, count, dim) if file_format == "word2vec_binary"
                  else _text_entries(stream, dim, first_line=2))
     for word, vector in entries:
-      if dim is None:
-        dim = len(vector)
-      if len(vector) != dim:
-        raise ValueError(f"the vector of {word!r} has {len(vector)} values, not {dim}")
       if word in index:
         found[index[word]] = vector
       for i in lower.get(word.lower(), ()):
         from_lower.setdefault(i, vector)
-  if dim is None:
-    raise ValueError("no word vectors found in the file")
   matrix = np.zeros((len(vocabulary), dim), np.float32)
   covered = np.zeros(len(vocabulary), bool)
   for i, vector in {**from_lower, **found}.items():
