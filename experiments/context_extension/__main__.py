@@ -2,20 +2,23 @@
 
   python -m experiments.context_extension --workdir=runs/rope [--config=configs/lm.py:rope] \
       [--targets=4,8] [--scalings=linear,ntk,dynamic,yarn,llama3] [--finetune_steps=200 \
-      --finetune_scaling=none,linear [--finetune_targets=4] [--finetune_lr=1e-3] \
-      [--finetune_batch_size=4]] \
+      --finetune_scaling=none,linear [--finetune_targets=4] [--finetune.train.learning_rate=1e-3] \
+      [--finetune.data.global_batch_size=4]] \
       [--heatmap_multipliers=1,2,4 --heatmap_methods=none,yarn,finetune+linear] \
       [--config.train.steps=...]
 
-Trains the base RoPE run in `--workdir` unless its checkpoint has reached `train.steps`, then
+The base run is the one recorded in `--workdir` (its `config.json`; `--config.<field>` overrides
+must agree with it, as for `posjax.main --config.mode=eval`); a workdir without a run gets one
+trained from `--config`. It is trained on unless its checkpoint has reached `train.steps`, then
 `posjax.evaluate.context_extension` measures each scaling (factor = target / train length) at the
 training and target lengths: perplexity and passkey accuracy. With `--finetune_steps`, each
 target (or each of `--finetune_targets`) also gets a short fine-tune at that length
 (`train.init_from` = the base run) per entry of `--finetune_scaling` (`none`: plain RoPE;
 `linear`: Chen et al. 2023's PI fine-tune; any scaling) in
-`<workdir>/context_extension/finetune_<target>[_<scaling>]`; `--finetune_batch_size` and
-`--finetune_lr` override the base config's batch and peak learning rate for them (a batch of
-`base batch × L / target` keeps the tokens per step of pretraining). Writes `results.csv`,
+`<workdir>/context_extension/finetune_<target>[_<scaling>]`; `--finetune.<field>=value`
+overrides a field of every fine-tune's config (derived from the base run's), e.g.
+`--finetune.data.global_batch_size` (a batch of `base batch × L / target` keeps the tokens per
+step of pretraining) or `--finetune.train.learning_rate`. Writes `results.csv`,
 `results.md` and `ppl_by_method.png` in `<workdir>/context_extension/`.
 
 With `--heatmap_multipliers`, each method of `--heatmap_methods` (names as in the table: `none`,
@@ -28,12 +31,17 @@ fine-tune label such as `finetune+linear` at that target) also gets a passkey gr
 from __future__ import annotations
 
 import os
+import sys
 
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/lm.py:rope", "Base RoPE config.")
+from posjax import configs
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", configs.find_config_file("configs/lm.py") + ":rope",
+    "A base RoPE config, for a workdir without a run (a recorded run is read from its workdir).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The base run's directory.")
 _TARGETS = flags.DEFINE_list("targets", "4", "Target lengths, × data.seq_len.")
 _SCALINGS = flags.DEFINE_list("scalings", "linear,ntk,dynamic,yarn,llama3", "RoPE scalings.")
@@ -43,9 +51,10 @@ _FT_SCALING = flags.DEFINE_list("finetune_scaling", "",
                                 "plain RoPE; empty: one plain fine-tune).")
 _FT_TARGETS = flags.DEFINE_list("finetune_targets", "",
                                 "Targets (× data.seq_len) that get the fine-tunes (empty: all).")
-_FT_LR = flags.DEFINE_float("finetune_lr", 0.0, "Fine-tune peak learning rate (0: the config's).")
-_FT_BATCH = flags.DEFINE_integer("finetune_batch_size", 0,
-                                 "Fine-tune sequences per step (0: the config's).")
+config_flags.DEFINE_config_file(
+    "finetune", configs.find_config_file("configs/lm.py"),
+    "The fine-tunes' config fields: --finetune.<field>=value overrides it in every fine-tune.",
+    lock_config=True)
 _PASSKEY = flags.DEFINE_integer("passkey_trials", 3, "Keys per (length, depth); 0: no passkey.")
 _TOKENS = flags.DEFINE_integer("num_tokens", 16384, "Validation targets scored per length.")
 _HM_MULT = flags.DEFINE_list("heatmap_multipliers", "",
@@ -65,11 +74,10 @@ def finetune_label(scaling) -> str:
   return "finetune" + (f"+{scaling}" if scaling else "")
 
 
-def passkey_heatmaps(config, workdir, out_dir, run, target, methods, ft_scalings, ft_kwargs):
+def passkey_heatmaps(out_dir, run, target, methods, ft_scalings):
   """The passkey grid of each method in `methods` at the heatmap lengths; writes the report."""
   from posjax.evaluate import context_extension as ce
   from posjax.evaluate import extrapolation, passkey, report
-  from posjax.train import context_extension as extend
   lengths = [int(round(run.train_len * float(m))) for m in _HM_MULT.value]
   depths = [float(d) for d in _HM_DEPTHS.value]
   by_label = {finetune_label(s): s for s in ft_scalings} if _FT_STEPS.value else {}
@@ -77,9 +85,7 @@ def passkey_heatmaps(config, workdir, out_dir, run, target, methods, ft_scalings
   for method in methods:
     if method in by_label:
       scaling = by_label[method]
-      ft_config = extend.finetune_config(config, workdir, target, steps=_FT_STEPS.value,
-                                         scaling=scaling, **ft_kwargs)
-      model = extrapolation.load_run(ce.finetune_dir(out_dir, target, scaling), ft_config)
+      model = extrapolation.load_run(ce.finetune_dir(out_dir, target, scaling))  # as recorded
       scorer = extrapolation.make_scorer(model)
     elif method == "none" or method in ce.SCALINGS:
       options = ce.scaled_pe_options(run.cfg.pe, run.cfg.pe_options,
@@ -114,8 +120,11 @@ def main(argv):
   from posjax.run.experiment import Run
   from posjax.train import context_extension as extend
   from posjax.train import loop
-  config = ml_collections.ConfigDict(_CONFIG.value.to_dict())  # unlocked copy
+  from posjax.run import record
   workdir = _WORKDIR.value
+  given = config_flags.get_override_values(flags.FLAGS["config"])
+  config = ml_collections.ConfigDict(
+      record.for_workdir(workdir, _CONFIG.value, overrides=given).to_dict())
   out_dir = os.path.join(workdir, "context_extension")
   base = Run(config, workdir)
   run = extrapolation.load_run(workdir, state=loop.train(base), run=base)
@@ -123,18 +132,15 @@ def main(argv):
   eval_kwargs = dict(passkey_trials=_PASSKEY.value, num_tokens=_TOKENS.value)
   rows = ce.evaluate_scalings(run, targets, _SCALINGS.value, **eval_kwargs)
   ft_scalings = finetune_scalings(_FT_SCALING.value)
-  ft_kwargs = {}
-  if _FT_LR.value:
-    ft_kwargs["learning_rate"] = _FT_LR.value
-  if _FT_BATCH.value:
-    ft_kwargs["global_batch_size"] = _FT_BATCH.value
+  ft_overrides = config_flags.get_override_values(flags.FLAGS["finetune"])
   ft_targets = ([int(round(run.train_len * float(t))) for t in _FT_TARGETS.value]
                 if _FT_TARGETS.value else targets)
   for target in ft_targets if _FT_STEPS.value else ():
     for scaling in ft_scalings:
       ft_dir = ce.finetune_dir(out_dir, target, scaling)
       ft_config, ft_state = extend.finetune(config, workdir, ft_dir, target,
-                                            steps=_FT_STEPS.value, scaling=scaling, **ft_kwargs)
+                                            steps=_FT_STEPS.value, scaling=scaling,
+                                            overrides=ft_overrides)
       ft_run = extrapolation.load_run(ft_dir, ft_config, state=ft_state)
       rows += ce.evaluate_scalings(ft_run, [target], (), method_label=finetune_label(scaling),
                                    base_len=run.train_len, **eval_kwargs)
@@ -146,15 +152,14 @@ def main(argv):
            "digits); empty below the shortest prompt or when not measured"]
   if _FT_STEPS.value:
     notes.append(f"fine-tunes: {_FT_STEPS.value} steps at the target length from the base "
-                 f"parameters; overrides {ft_kwargs or 'none'}")
+                 f"parameters; overrides {ft_overrides or 'none'}")
   paths = ce.write_report(rows, out_dir, notes=notes)
   print(open(paths["md"]).read(), flush=True)
   if _HM_MULT.value:
     hm_target = ft_targets[0] if _FT_STEPS.value else targets[0]
-    passkey_heatmaps(config, workdir, out_dir, run, hm_target, _HM_METHODS.value, ft_scalings,
-                     ft_kwargs)
+    passkey_heatmaps(out_dir, run, hm_target, _HM_METHODS.value, ft_scalings)
     print(open(os.path.join(out_dir, "passkey.md")).read(), flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, argv=configs.with_config_found(sys.argv))

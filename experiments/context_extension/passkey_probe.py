@@ -1,7 +1,7 @@
 """Why a passkey score is zero: can the model not find the key, or not write digits?
 
   python -m experiments.context_extension.passkey_probe --workdir=runs/rope \
-      [--config=configs/lm.py:rope] [--multipliers=1,4] [--scalings=none,dynamic,yarn] \
+      [--multipliers=1,4] [--scalings=none,dynamic,yarn] \
       [--finetunes=finetune_512,finetune_512_linear] [--trials=4]
 
 For passkey prompts (`posjax.evaluate.passkey.make_prompt`, depths 0..1) it reads the model's
@@ -15,28 +15,22 @@ length:
   echo_among      the same for the key's second copy inside the key sentence ("... 71432.
                   Remember it. 71432 is ..."), where the first copy is ~20 tokens back.
 
-Fine-tunes are read from `<workdir>/context_extension/<name>` with the config the launcher gave
-them (`--finetune_lr`, `--finetune_batch_size` and the scaling in the name must match). Writes
-`<workdir>/context_extension/passkey_probe.{csv,md}`.
+The base run and the fine-tunes (`<workdir>/context_extension/<name>`) are read as they were
+trained, from their recorded configs. Writes `<workdir>/context_extension/passkey_probe.{csv,md}`.
 """
 
 from __future__ import annotations
 
 import os
 
-import ml_collections
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/lm.py:rope", "Base RoPE config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The base run's directory.")
 _MULT = flags.DEFINE_list("multipliers", "1,4", "Prompt lengths, × data.seq_len.")
 _SCALINGS = flags.DEFINE_list("scalings", "none,dynamic,yarn",
                               "Scalings of the base run (factor: the longest multiplier).")
 _FINETUNES = flags.DEFINE_list("finetunes", "", "Fine-tune directories under context_extension/.")
-_FT_LR = flags.DEFINE_float("finetune_lr", 0.0, "As given to the launcher (0: the config's).")
-_FT_BATCH = flags.DEFINE_integer("finetune_batch_size", 0, "As given to the launcher.")
 _TRIALS = flags.DEFINE_integer("trials", 4, "Keys per depth.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -101,11 +95,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from posjax.evaluate import context_extension as ce
   from posjax.evaluate import extrapolation, report
-  from posjax.train import context_extension as extend
-  config = ml_collections.ConfigDict(_CONFIG.value.to_dict())
   workdir = _WORKDIR.value
   out_dir = os.path.join(workdir, "context_extension")
-  run = extrapolation.load_run(workdir, config)
+  run = extrapolation.load_run(workdir)
   lengths = [int(round(run.train_len * float(m))) for m in _MULT.value]
   factor = max(lengths) / run.train_len
   rows = []
@@ -116,15 +108,7 @@ def main(argv):
     rows += [{"method": method, **probe(call, run.run.tokenizer, n, _TRIALS.value)}
              for n in lengths]
   for name in _FINETUNES.value:
-    target = int(name.split("_")[1])
-    scaling = name.split("_")[2] if name.count("_") > 1 else None
-    kwargs = {}
-    if _FT_LR.value:
-      kwargs["learning_rate"] = _FT_LR.value
-    if _FT_BATCH.value:
-      kwargs["global_batch_size"] = _FT_BATCH.value
-    ft_config = extend.finetune_config(config, workdir, target, scaling=scaling, **kwargs)
-    ft_run = extrapolation.load_run(os.path.join(out_dir, name), ft_config)
+    ft_run = extrapolation.load_run(os.path.join(out_dir, name))
     call = logits_fn(ft_run, ft_run.cfg.pe_options)
     rows += [{"method": name, **probe(call, run.run.tokenizer, n, _TRIALS.value)}
              for n in lengths]

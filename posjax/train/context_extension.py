@@ -5,20 +5,24 @@ the base run's parameters (`train.init_from`)."""
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import ml_collections
 
+from posjax import configs
 from posjax.run.config import scaled_pe_options
 from posjax.run.experiment import Run
 from posjax.train import loop
 
 
 def finetune_config(base_config, base_workdir: str, target_len: int, *, steps: int = 100,
-                    scaling: Optional[str] = None, learning_rate: Optional[float] = None,
-                    warmup_steps: Optional[int] = None,
-                    global_batch_size: Optional[int] = None) -> ml_collections.ConfigDict:
-  """The config of a short fine-tune of `base_workdir`'s run at `target_len` tokens."""
+                    scaling: Optional[str] = None,
+                    overrides: Optional[Mapping[str, Any]] = None) -> ml_collections.ConfigDict:
+  """The config of a short fine-tune of `base_workdir`'s run at `target_len` tokens: the base
+  config at `data.seq_len = target_len`, RoPE under `scaling` (factor target / train length),
+  `train.init_from` the base run, `steps` steps with a tenth of them (at most the base's) as
+  warmup, validated and saved at the end; then `overrides` (`{"dotted.field": value}`, e.g.
+  `train.learning_rate` or `data.global_batch_size`)."""
   config = ml_collections.ConfigDict(base_config.to_dict())
   train_len = int(base_config.data.seq_len)
   options = scaled_pe_options(config.model.pe, config.model.pe_options, scaling,
@@ -26,17 +30,14 @@ def finetune_config(base_config, base_workdir: str, target_len: int, *, steps: i
   config.model.pe_options = json.dumps(options)
   config.mode = "train"
   config.data.seq_len = int(target_len)
-  if global_batch_size:
-    config.data.global_batch_size = int(global_batch_size)
   config.train.init_from = str(base_workdir)
   config.train.steps = int(steps)
-  config.train.warmup_steps = int(warmup_steps if warmup_steps is not None
-                                  else min(config.train.warmup_steps, max(1, steps // 10)))
-  if learning_rate is not None:
-    config.train.learning_rate = float(learning_rate)
+  config.train.warmup_steps = min(config.train.warmup_steps, max(1, steps // 10))
   config.train.eval_every = config.train.checkpoint_every = int(steps)
   config.train.log_every = max(1, min(config.train.log_every, steps))
   config.eval.length_multipliers = (1,)
+  for dotted, value in (overrides or {}).items():
+    configs.set_field(config, dotted, value)
   return config
 
 

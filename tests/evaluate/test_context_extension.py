@@ -66,7 +66,7 @@ def test_non_rope_runs_are_refused(tmp_path):
 def test_finetune_config():
   base = tiny_config()
   config = extend.finetune_config(base, "/runs/base", 128, steps=20, scaling="yarn",
-                              learning_rate=1e-4)
+                                  overrides={"train.learning_rate": 1e-4})
   assert config.data.seq_len == 128 and config.train.init_from == "/runs/base"
   assert config.train.steps == 20 and config.train.learning_rate == 1e-4
   assert config.train.eval_every == config.train.checkpoint_every == 20
@@ -78,17 +78,18 @@ def test_finetune_config():
 
 def test_finetune_starts_from_the_base_parameters(tmp_path, rope_run):
   save_checkpoint(rope_run, tmp_path / "base", 6)
-  config, state = extend.finetune(rope_run.config, str(tmp_path / "base"), str(tmp_path / "ft"), 64,
-                              steps=1, scaling="linear", learning_rate=1e-30, warmup_steps=0)
+  tiny_lr = {"train.learning_rate": 1e-30, "train.warmup_steps": 0}
+  config, state = extend.finetune(rope_run.config, str(tmp_path / "base"), str(tmp_path / "ft"),
+                                  64, steps=1, scaling="linear", overrides=tiny_lr)
   assert int(state.step) == 1 and config.data.seq_len == 64
   # A learning rate of 1e-30 keeps the base parameters: the fine-tune really started from them.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7),
                jax.device_get(state.params), jax.device_get(rope_run.params))
-  again_config, again = extend.finetune(rope_run.config, str(tmp_path / "base"), str(tmp_path / "ft"),
-                                    64, steps=1, scaling="linear", learning_rate=1e-30,
-                                    warmup_steps=0)
+  _, again = extend.finetune(rope_run.config, str(tmp_path / "base"), str(tmp_path / "ft"), 64,
+                             steps=1, scaling="linear", overrides=tiny_lr)
   assert int(again.step) == 1  # done already: restored, not retrained
-  ft_run = ex.load_run(str(tmp_path / "ft"), again_config, state=again)
+  ft_run = ex.load_run(str(tmp_path / "ft"))  # as recorded in its workdir
+  assert ft_run.step == 1
   assert ft_run.train_len == 64 and ft_run.cfg.pe_options["scaling"]["type"] == "linear"
 
 
