@@ -45,6 +45,9 @@ setuptools.setup(
         # (tests/test_bench.py skips that test without it; the README's test command installs it)
         "bench": ["triton>=3.4,<4; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         "sentencepiece": ["sentencepiece>=0.2"],
+        # experiments.word_vectors trains word2vec on the training works; reading word-vector
+        # files (model.word_vectors) needs nothing beyond the core package
+        "wordvectors": ["gensim>=4.3,<5"],
         # Preparing most TFDS catalog datasets (lm1b, wikitext, ...) runs TensorFlow code once;
         # reading them afterwards (array_record) does not.
         "catalog": ["tensorflow-cpu>=2.16"],
