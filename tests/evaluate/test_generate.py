@@ -18,6 +18,7 @@ from posjax import encodings, models
 from posjax.configs import load_config
 from posjax.data.tokenizers import ByteTokenizer
 from posjax.evaluate import generate as gen
+from posjax.evaluate import sampling
 from posjax.run.experiment import Run
 from posjax.train import loop
 
@@ -83,18 +84,18 @@ def test_learned_table_too_short_is_a_clear_error_before_running():
 
 def test_sample_next_top_k_1_and_tiny_temperature_are_greedy():
   logits_BV = jax.random.normal(jax.random.key(0), (16, 50)) * 3
-  greedy = np.asarray(gen.sample_next(logits_BV, jax.random.key(1), temperature=0.0))
+  greedy = np.asarray(sampling.sample_next(logits_BV, jax.random.key(1), temperature=0.0))
   np.testing.assert_array_equal(greedy, np.argmax(logits_BV, -1))
   for seed in range(3):
     key = jax.random.key(seed)
-    np.testing.assert_array_equal(gen.sample_next(logits_BV, key, temperature=1.5, top_k=1),
+    np.testing.assert_array_equal(sampling.sample_next(logits_BV, key, temperature=1.5, top_k=1),
                                   greedy)
-    np.testing.assert_array_equal(gen.sample_next(logits_BV, key, temperature=1e-6), greedy)
+    np.testing.assert_array_equal(sampling.sample_next(logits_BV, key, temperature=1e-6), greedy)
 
 
 def test_sample_next_is_reproducible_per_seed_and_jittable():
   logits_BV = jnp.zeros((256, 10))
-  draw = jax.jit(lambda key, t, p: gen.sample_next(logits_BV, key, temperature=t, top_p=p))
+  draw = jax.jit(lambda key, t, p: sampling.sample_next(logits_BV, key, temperature=t, top_p=p))
   a = draw(jax.random.key(3), 1.0, 1.0)
   np.testing.assert_array_equal(a, draw(jax.random.key(3), 1.0, 1.0))
   assert (np.asarray(a) != np.asarray(draw(jax.random.key(4), 1.0, 1.0))).mean() > 0.5
@@ -111,7 +112,7 @@ def test_top_p_samples_only_the_nucleus(top_p, top_k, allowed):
   probs = np.array([0.15, 0.5, 0.05, 0.3])
   rank_of = {1: 0, 3: 1, 0: 2, 2: 3}
   logits_BV = jnp.tile(jnp.log(jnp.asarray(probs))[None], (4000, 1))
-  drawn = np.asarray(gen.sample_next(logits_BV, jax.random.key(0), temperature=1.0,
+  drawn = np.asarray(sampling.sample_next(logits_BV, jax.random.key(0), temperature=1.0,
                                      top_p=top_p, top_k=top_k))
   assert {rank_of[int(t)] for t in np.unique(drawn)} == allowed
   # within the nucleus, the renormalized probabilities
