@@ -8,10 +8,12 @@ LayerNorm}` + `cls.predictions.bias` with the decoder tied to the word embedding
 classification `bert.pooler.dense` (dense + tanh on the first token) + `classifier`; token
 classification `classifier`.
 
-Families: `mlm` (BertForMaskedLM / BertForPreTraining), `encoder` (the trunk alone),
+Families: `pretraining` (BertForPreTraining: the masked-LM head and the next-sentence head,
+`bert.pooler.dense` + `cls.seq_relationship`, posjax `nsp.pooler` and `nsp.classifier`), `mlm`
+(BertForMaskedLM, or BertForPreTraining without its NSP head), `encoder` (the trunk alone),
 `classifier` (BertForSequenceClassification: the pooler becomes the head's representation layer)
 and `tagger` (BertForTokenClassification). Tensors of a head the chosen family lacks (the NSP
-head, the pooler for `mlm`, ...) are left out and logged; a classification head missing from the
+head and the pooler for `mlm`, ...) are left out and logged; a classification head missing from the
 checkpoint (e.g. fine-tuning from an MLM checkpoint) must be asked for with `fresh=("head",)`.
 HF's attention mask corresponds to posjax's `segment_ids_BL` (1 for tokens, 0 for padding).
 """
@@ -27,7 +29,7 @@ from posjax.interop.weights import put_attention, put_linear, put_norm
 from posjax.models import TransformerConfig
 
 MODEL_TYPE = "bert"
-FAMILIES = ("mlm", "encoder", "classifier", "tagger")
+FAMILIES = ("mlm", "pretraining", "encoder", "classifier", "tagger")
 # Old checkpoints keep the default position ids / token type ids as buffers.
 IGNORE = (r"embeddings\.position_ids$", r"embeddings\.token_type_ids$")
 _HEADS = ("cls.", "pooler.", "classifier.")
@@ -39,9 +41,10 @@ def _architecture(hf_config: Mapping[str, Any]) -> str:
 
 def default_family(hf_config: Mapping[str, Any]) -> str:
   """From `architectures`: the classification models to their families, BertModel to `encoder`,
-  everything else (BertForMaskedLM, BertForPreTraining, none given) to `mlm`."""
+  BertForPreTraining to `pretraining`, everything else (BertForMaskedLM, none given) to `mlm`."""
   return {"BertForSequenceClassification": "classifier", "BertForTokenClassification": "tagger",
-          "BertModel": "encoder"}.get(_architecture(hf_config), "mlm")
+          "BertModel": "encoder",
+          "BertForPreTraining": "pretraining"}.get(_architecture(hf_config), "mlm")
 
 
 def num_labels(hf_config: Mapping[str, Any]) -> int:
@@ -107,7 +110,7 @@ def convert_weights(state: Mapping[str, np.ndarray], cfg: TransformerConfig,
   """posjax parameters `{path: array}` of a BERT state dict (HF names) for `family`."""
   if family not in FAMILIES:
     raise ValueError(f"bert converts to the families {FAMILIES}, not {family!r}")
-  if family == "mlm" and cfg.activation != "gelu":
+  if family in ("mlm", "pretraining") and cfg.activation != "gelu":
     raise ValueError(f"bert: posjax's masked-LM head uses exact GELU, the checkpoint "
                      f"{cfg.activation}; load it as family='encoder' instead")
   w = HFTensors(_renamed(state), model_type=MODEL_TYPE, base_prefix="bert.", ignore=IGNORE)
@@ -137,13 +140,17 @@ def convert_weights(state: Mapping[str, np.ndarray], cfg: TransformerConfig,
     put_linear(params, dst + ("mlp", "wo"), *_dense(w, src + "output.dense", d, f))
     put_norm(params, dst + ("mlp_norm",), *_layernorm(w, src + "output.LayerNorm", d))
 
-  if family == "mlm":
+  if family in ("mlm", "pretraining"):
     put_linear(params, ("head", "transform"), *_dense(w, "cls.predictions.transform.dense", d, d))
     put_norm(params, ("head", "norm"), *_layernorm(w, "cls.predictions.transform.LayerNorm", d))
     bias = w.take("cls.predictions.bias", (cfg.vocab_size,))
     params[("head", "bias")] = bias
     w.take_tied("cls.predictions.decoder.weight", tokens)
     w.take_tied("cls.predictions.decoder.bias", bias)
+  if family == "pretraining" and "cls.seq_relationship.weight" in w:
+    # Without them (a BertForMaskedLM checkpoint) the head must be asked for: fresh=("nsp",).
+    put_linear(params, ("nsp", "pooler"), *_dense(w, "pooler.dense", d, d))
+    put_linear(params, ("nsp", "classifier"), *_dense(w, "cls.seq_relationship", 2, d))
   elif family in ("classifier", "tagger") and "classifier.weight" in w:
     # BertForSequenceClassification has a pooler, BertForTokenClassification none: a head is
     # only taken from the checkpoint of its own kind.

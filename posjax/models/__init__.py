@@ -8,7 +8,7 @@ from flax import nnx
 
 from posjax.models.config import TransformerConfig
 from posjax.models.decoder import DecoderLM
-from posjax.models.encoder import Encoder, EncoderForMaskedLM
+from posjax.models.encoder import Encoder, EncoderForMaskedLM, EncoderForPreTraining
 from posjax.models.encoder import EncoderForSequenceClassification, EncoderForTokenClassification
 from posjax.models.encoder_decoder import EncoderDecoderLM
 
@@ -16,6 +16,7 @@ FAMILIES = {
     "decoder": DecoderLM,
     "encoder": Encoder,
     "mlm": EncoderForMaskedLM,
+    "pretraining": EncoderForPreTraining,   # masked LM + next-sentence prediction (BERT)
     "classifier": EncoderForSequenceClassification,
     "tagger": EncoderForTokenClassification,
     "encoder_decoder": EncoderDecoderLM,
@@ -38,4 +39,5 @@ def build(family: str, config: Union[TransformerConfig, Mapping[str, Any]], *, s
 
 
 __all__ = ["FAMILIES", "TransformerConfig", "build", "DecoderLM", "Encoder", "EncoderForMaskedLM",
-           "EncoderForSequenceClassification", "EncoderForTokenClassification", "EncoderDecoderLM"]
+           "EncoderForPreTraining", "EncoderForSequenceClassification",
+           "EncoderForTokenClassification", "EncoderDecoderLM"]

@@ -1,4 +1,5 @@
-"""Bidirectional encoder (BERT-like) and its heads: masked LM, sequence and token classification."""
+"""Bidirectional encoder (BERT-like) and its heads: masked LM, masked LM with next-sentence
+prediction (BERT pretraining), sequence and token classification."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from flax import nnx
 from posjax.models.config import TransformerConfig
 from posjax.models.stack import Stack, default_positions, input_embedding
 from posjax.nn.block import make_norm
-from posjax.nn.heads import MaskedLMHead, SequenceClassificationHead, TokenClassificationHead
+from posjax.nn.heads import MaskedLMHead, NextSentenceHead, SequenceClassificationHead
+from posjax.nn.heads import TokenClassificationHead
 
 
 class Encoder(nnx.Module):
@@ -48,6 +50,28 @@ class EncoderForMaskedLM(nnx.Module):
 
   def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None, token_types_BL=None):
     return self.head(self.encoder(tokens_BL, positions_BL, segment_ids_BL, token_types_BL))
+
+
+class EncoderForPreTraining(nnx.Module):
+  """Encoder + BERT's two pretraining heads (Devlin et al. 2019, section 3.1): the masked-LM head
+  on every token and the next-sentence head on the pooled first token ([CLS]).
+
+  `mlm_logits_BLV, nsp_logits_B2 = model(tokens_BL, positions_BL, segment_ids_BL,
+  token_types_BL)`; the parameters are EncoderForMaskedLM's (`encoder`, `head`) plus `nsp`.
+  """
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.config = cfg
+    self.encoder = Encoder(cfg, rngs=rngs)
+    self.head = MaskedLMHead(cfg.dim, cfg.vocab_size, embedding=self.encoder.embedding,
+                             norm=make_norm(cfg, rngs), activation="gelu",
+                             dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, rngs=rngs)
+    self.nsp = NextSentenceHead(cfg.dim, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+                                rngs=rngs)
+
+  def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None, token_types_BL=None):
+    x = self.encoder(tokens_BL, positions_BL, segment_ids_BL, token_types_BL)
+    return self.head(x), self.nsp(x)
 
 
 class EncoderForSequenceClassification(nnx.Module):

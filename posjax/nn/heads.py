@@ -1,4 +1,5 @@
-"""Output heads: language modelling (tied or not), masked LM, sequence and token classification."""
+"""Output heads: language modelling (tied or not), masked LM, next-sentence prediction, sequence and
+token classification."""
 
 from __future__ import annotations
 
@@ -52,6 +53,26 @@ class MaskedLMHead(nnx.Module):
   def __call__(self, x_BLD: jax.Array) -> jax.Array:
     h = self.norm(ACTIVATIONS[self.activation](self.transform(x_BLD)))
     return (self.embedding.attend(h) + self.bias[...]).astype(jnp.float32)
+
+
+class NextSentenceHead(nnx.Module):
+  """BERT's next-sentence prediction head (Devlin et al. 2019, "BERT: Pre-training of Deep
+  Bidirectional Transformers for Language Understanding", NAACL, section 3.1, task #2).
+
+  The pooler, `tanh(W_p h_[CLS] + b_p)` on the first token's final state, then a 2-way linear
+  layer: `[B, 2]` logits, class 0 = IsNext (the second segment follows the first in the text),
+  1 = NotNext (a random segment), the labels of the paper's and HF's `BertForPreTraining`. As
+  there, no dropout between the pooler and the classifier.
+  """
+
+  def __init__(self, dim: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.pooler = _linear(dim, dim, ("embed", "embed_out"), **kw)
+    self.classifier = _linear(dim, 2, ("embed", "classes"), **kw)
+
+  def __call__(self, x_BLD: jax.Array) -> jax.Array:
+    pooled_BD = jnp.tanh(self.pooler(pool(x_BLD, None, "cls")))
+    return self.classifier(pooled_BD).astype(jnp.float32)
 
 
 def pool(x_BLD: jax.Array, segment_ids_BL: Optional[jax.Array], how: str) -> jax.Array:

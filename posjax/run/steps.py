@@ -107,3 +107,72 @@ def make_eval_step(graphdef, *, predictions: bool = False) -> Callable:
     return out
 
   return eval_step
+
+
+# ------------------------------------------------------------------------------------------------
+# Objectives with their own loss (several heads, each normalized by its own weight), e.g. BERT's
+# masked LM + next-sentence prediction (posjax.run.next_sentence). The loss object provides:
+#   forward(model, batch) -> outputs                 the model's outputs on a (micro-)batch
+#   sums(outputs, batch) -> {name: scalar}           sums over the batch's rows, additive
+#   normalizers(batch) -> {name: scalar}             totals over the WHOLE batch (e.g. weights)
+#   value(sums, normalizers) -> scalar               the loss, linear in `sums`
+#   metrics(sums, normalizers) -> {name: scalar}     training metrics ("train/...")
+# ------------------------------------------------------------------------------------------------
+
+
+def make_loss_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                         loss: Any, *, grad_accum_steps: int = 1,
+                         trainable: Any = None) -> Callable:
+  """`train_step(state, batch) -> (state, metrics)` for an objective's own `loss` (see above).
+
+  The normalizers are taken over the whole batch before it is split into micro-batches, and the
+  loss is linear in the sums, so the micro-batches' losses and gradients add up to exactly those
+  of the whole batch (as `make_train_step`'s do). `metrics` has `loss`, `grad_norm`,
+  `learning_rate` and the loss's own `metrics`.
+  """
+
+  def micro_loss(params, rest, batch, normalizers):
+    model = nnx.merge(graphdef, params, rest)
+    sums = loss.sums(loss.forward(model, batch), batch)
+    rest = nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
+    return loss.value(sums, normalizers), (sums, rest)
+
+  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+  def train_step(state: TrainState, batch):
+    normalizers = loss.normalizers(batch)
+    if grad_accum_steps == 1:
+      (value, (sums, rest)), grads = grad_fn(state.params, state.rest, batch, normalizers)
+    else:  # micro-batches as in make_train_step: row r of micro-batch i is row r·k + i
+      micro = jax.tree.map(
+          lambda x: jnp.swapaxes(x.reshape((-1, grad_accum_steps) + x.shape[1:]), 0, 1), batch)
+
+      def accumulate(carry, mb):
+        value, sums, grads, rest = carry
+        (v, (s, rest)), g = grad_fn(state.params, rest, mb, normalizers)
+        return (value + v, jax.tree.map(jnp.add, sums, s), jax.tree.map(jnp.add, grads, g),
+                rest), None
+
+      first = jax.tree.map(lambda x: x[0], micro)  # the others are added to its results
+      (value, (sums, rest)), grads = grad_fn(state.params, state.rest, first, normalizers)
+      (value, sums, grads, rest), _ = jax.lax.scan(
+          accumulate, (value, sums, grads, rest), jax.tree.map(lambda x: x[1:], micro))
+    if trainable is not None:
+      grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": value, "grad_norm": optax.tree.norm(grads),
+               "learning_rate": schedule(state.step), **loss.metrics(sums, normalizers)}
+    return TrainState(state.step + 1, params, opt_state, rest), metrics
+
+  return train_step
+
+
+def make_loss_eval_step(graphdef, loss: Any) -> Callable:
+  """`eval_step(params, rest, batch) -> loss.sums(...)` (no dropout): the evaluation adds them
+  up over batches and normalizes at the end."""
+
+  def eval_step(params, rest, batch):
+    return loss.sums(loss.forward(nnx.merge(graphdef, params, rest), batch), batch)
+
+  return eval_step

@@ -15,7 +15,8 @@ from posjax import models
 from posjax.nn import peft
 from posjax.run import sharding
 from posjax.run.optimizer import make_optimizer
-from posjax.run.steps import TrainState, make_eval_step, make_train_step, split_model
+from posjax.run.steps import TrainState, make_eval_step, make_loss_eval_step
+from posjax.run.steps import make_loss_train_step, make_train_step, split_model
 
 
 @dataclasses.dataclass
@@ -37,9 +38,11 @@ class Trainable:
 
 def make_trainable(family: str, cfg: models.TransformerConfig, train_cfg, mesh: Mesh, *,
                    seed: int = 0, peft_config: Optional[peft.PeftConfig] = None,
-                   **head_options) -> Trainable:
+                   loss: Any = None, **head_options) -> Trainable:
   """Everything to train `family` on `mesh`; `peft_config` adds its modules and freezes the
-  parameters it does not train (see `posjax.nn.peft`)."""
+  parameters it does not train (see `posjax.nn.peft`). `loss`: an objective's own loss (see
+  `steps.make_loss_train_step`; its eval and predict steps return the loss's sums); None: the
+  weighted token cross-entropy of `model(inputs, positions, segment_ids)`."""
   peft_config = peft_config or peft.PeftConfig()
   build = lambda: peft.apply(models.build(family, cfg, seed=seed, **head_options), peft_config,
                              seed=seed)
@@ -61,14 +64,19 @@ def make_trainable(family: str, cfg: models.TransformerConfig, train_cfg, mesh: 
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, opt_state, rest), state_sharding)
   batch_sh = sharding.batch_sharding(mesh)
-  train_step = jax.jit(
-      make_train_step(train_graphdef, tx, schedule, grad_accum_steps=train_cfg.grad_accum_steps,
-                      trainable=trainable),
-      in_shardings=(state_sharding, batch_sh), out_shardings=(state_sharding, None),
-      donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(eval_graphdef), in_shardings=(param_sh, rest_sh, batch_sh))
-  predict_step = jax.jit(make_eval_step(eval_graphdef, predictions=True),
-                         in_shardings=(param_sh, rest_sh, batch_sh))
+  if loss is None:
+    step = make_train_step(train_graphdef, tx, schedule,
+                           grad_accum_steps=train_cfg.grad_accum_steps, trainable=trainable)
+    evaluate = make_eval_step(eval_graphdef)
+    predict = make_eval_step(eval_graphdef, predictions=True)
+  else:
+    step = make_loss_train_step(train_graphdef, tx, schedule, loss,
+                                grad_accum_steps=train_cfg.grad_accum_steps, trainable=trainable)
+    evaluate = predict = make_loss_eval_step(eval_graphdef, loss)
+  train_step = jax.jit(step, in_shardings=(state_sharding, batch_sh),
+                       out_shardings=(state_sharding, None), donate_argnums=0)
+  eval_step = jax.jit(evaluate, in_shardings=(param_sh, rest_sh, batch_sh))
+  predict_step = jax.jit(predict, in_shardings=(param_sh, rest_sh, batch_sh))
 
   def create() -> TrainState:
     def fresh():

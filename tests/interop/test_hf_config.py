@@ -89,7 +89,7 @@ def test_t5_bad_activation():
 
 
 @pytest.mark.parametrize("architectures, family, options", [
-    (["BertForMaskedLM"], "mlm", {}), (["BertForPreTraining"], "mlm", {}),
+    (["BertForMaskedLM"], "mlm", {}), (["BertForPreTraining"], "pretraining", {}),
     (["BertModel"], "encoder", {}),
     (["BertForSequenceClassification"], "classifier", {"num_classes": 3}),
     (["BertForTokenClassification"], "tagger", {"num_labels": 3}),
