@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from posjax import configs
 from posjax.evaluate import generate, run_report
-from posjax.run import lock, metrics, preemption, record, sharding
+from posjax.run import distributed, lock, metrics, preemption, record
 from posjax.run.experiment import Run
 from posjax.train import loop
 
@@ -56,7 +56,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   for handler in py_logging.getLogger().handlers + [logging.get_absl_handler()]:
     handler.addFilter(_QuietLibraries())
-  sharding.maybe_initialize_distributed()  # before JAX is used
+  distributed.initialize_from_environment()  # before JAX is used (a no-op on its own)
   config, workdir = _CONFIG.value, _WORKDIR.value
   allow = True if "all" in _ALLOW_CHANGES.value else tuple(_ALLOW_CHANGES.value)
   if config.mode in ("eval", "generate"):
@@ -90,7 +90,8 @@ def main(argv):
         metrics.log(f"{e} during the final report: the run's checkpoint is saved; "
                     f"`--config.mode=eval --workdir={workdir}` writes the report later")
         raise SystemExit(0) from None
-      print("\n" + text + "\n", flush=True)
+      if jax.process_index() == 0:  # every process has it; one prints it
+        print("\n" + text + "\n", flush=True)
   logging.info("done: %s", workdir)
 
 

@@ -15,6 +15,8 @@ import math
 import os
 
 from posjax.evaluate import algorithmic
+import jax
+
 from posjax.run import classification, objectives
 from posjax.run.experiment import Run
 from posjax.run.objectives import LengthResult
@@ -27,8 +29,9 @@ def report(run: Run, state) -> str:
   if isinstance(run.objective, objectives.Algorithmic):
     return algorithmic.report(run, state)
   table = length_table(evaluate_lengths(run, state))
-  with open(os.path.join(run.workdir, "eval_by_length.md"), "w") as f:
-    f.write(table + "\n")
+  if jax.process_index() == 0:
+    with open(os.path.join(run.workdir, "eval_by_length.md"), "w") as f:
+      f.write(table + "\n")
   return (f"Validation by evaluation length ({run.cfg.pe}, trained at "
           f"{run.config.data.seq_len} tokens):\n{table}")
 
@@ -67,10 +70,11 @@ def labelled_report(run: Run, state) -> str:
   summary = dict(pe=run.cfg.pe, peft=run.peft.method, step=step, labels=list(names),
                  trainable_params=trainable.num_trainable, total_params=trainable.num_params,
                  results=rows)
-  with open(os.path.join(run.workdir, "finetune_report.md"), "w") as f:
-    f.write(text + "\n")
-  with open(os.path.join(run.workdir, "finetune_results.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  if jax.process_index() == 0:
+    with open(os.path.join(run.workdir, "finetune_report.md"), "w") as f:
+      f.write(text + "\n")
+    with open(os.path.join(run.workdir, "finetune_results.json"), "w") as f:
+      json.dump(summary, f, indent=1)
   return text
 
 

@@ -4,6 +4,13 @@ During training, the loop polls a flag once per step and, when it is set, saves 
 exits with status 0 (the conventional status of a clean preemption save). Outside the loop (the
 final report), `exit_on_signal` turns the signal into a `Preempted` exception that the entry
 point reports and exits 0 on: the last checkpoint is already saved.
+
+With several processes (`jax.distributed`), JAX's preemption service owns SIGTERM: it notices
+the signal in any process, and `reached_preemption_sync_point(step)` then turns True in every
+process at the same step, so all save that step (a collective save) and exit 0. posjax installs
+no Python handler then (Python's would replace the service's), and `exit_on_signal` does nothing:
+processes that left the final report at different points would wait for each other in its
+collectives, so the report runs to its end (the checkpoint is saved already).
 """
 
 from __future__ import annotations
@@ -21,9 +28,22 @@ class Preempted(Exception):
   """A stop signal arrived while no training step was running."""
 
 
+def synchronized() -> bool:
+  """Whether JAX's preemption service decides when to stop (several processes, initialized)."""
+  if jax.process_count() == 1:
+    return False
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top  (no public query)
+  return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
+
+
 @contextlib.contextmanager
 def exit_on_signal(signals=(signal.SIGTERM,)) -> Iterator[None]:
-  """Within the block, a signal in `signals` raises `Preempted` (in the main thread)."""
+  """Within the block, a signal in `signals` raises `Preempted` (in the main thread); nothing
+  with several processes (see the module docstring)."""
+  if synchronized():
+    yield
+    return
+
   def handler(signum, frame):
     del frame
     raise Preempted(f"received signal {signum}")
@@ -48,9 +68,22 @@ def install_handler(signals=(signal.SIGTERM,)) -> Callable[..., bool]:
   With several processes, pass the step: the answer then comes from
   `jax.experimental.multihost_utils.reached_preemption_sync_point`, which is True on every host
   at the same step once any host was told to stop (JAX's preemption service, started by
-  `jax.distributed.initialize`), so all hosts save the same step; without that service each host
-  falls back to its own flag. Install it from the main thread (Python's rule for signal handlers).
+  `jax.distributed.initialize`), so all hosts save the same step; no signal handler is installed
+  then (the service has its own). Without that service each host has its own flag. Install it
+  from the main thread (Python's rule for signal handlers).
   """
+  if synchronized():
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    def is_synchronized_stop(step: Optional[int] = None) -> bool:
+      if step is None:
+        raise ValueError("with several processes, is_requested needs the step (every process "
+                         "must ask at every step for them to agree on one)")
+      return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+
+    is_synchronized_stop.uninstall = lambda: None
+    return is_synchronized_stop
+
   requested = threading.Event()
   previous = {}
 
@@ -69,14 +102,7 @@ def install_handler(signals=(signal.SIGTERM,)) -> Callable[..., bool]:
     signal.signal(sig, handler)
 
   def is_requested(step: Optional[int] = None) -> bool:
-    if step is not None and jax.process_count() > 1:
-      # Hosts must agree on the step at which they all save, or the collective save hangs:
-      # trust the synchronized answer, and this host's own flag only without the service.
-      try:
-        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-        return bool(multihost_utils.reached_preemption_sync_point(int(step)))
-      except RuntimeError:  # no preemption service (jax.distributed not initialized)
-        pass
+    del step  # one process: its own flag decides
     return requested.is_set()
 
   def uninstall() -> None:

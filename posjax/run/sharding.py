@@ -10,7 +10,6 @@ A dimension that the mesh axis does not divide is replicated instead (tiny model
 
 from __future__ import annotations
 
-import os
 from typing import Mapping
 
 import jax
@@ -87,12 +86,3 @@ def global_batch(host_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, 
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in host_batch.items()}
 
-
-def maybe_initialize_distributed() -> None:
-  """`jax.distributed.initialize()` when launched on several hosts (a TPU pod slice, or a
-  cluster that sets the coordinator environment); a no-op on one machine."""
-  multi_host = any(v in os.environ for v in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
-                                              "OMPI_COMM_WORLD_SIZE"))
-  multi_host |= int(os.environ.get("SLURM_NTASKS", "1")) > 1
-  if multi_host:
-    jax.distributed.initialize()  # must come before anything else touches the devices

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -221,15 +222,41 @@ def test_a_failure_that_is_not_damage_is_reported_as_it_is(tmp_path, monkeypatch
     assert "delete" not in str(e.value)
 
 
-def test_another_process_count_is_reported_as_such(tmp_path):
+def _data_state_of_two_processes(tmp_path, states):
+  """A checkpoint whose data state was written by two processes (`states`, one each)."""
   with Checkpointer(tmp_path) as ckpt:
-    ckpt.save(1, _state(), data_state=b"{}", loop_state={})
+    ckpt.save(1, _state(), data_state=states[0], loop_state={})
     ckpt.wait()
   data_dir = tmp_path / "checkpoints" / "1" / "data_state"
-  (data_dir / "process_0-of-1.json").rename(data_dir / "process_0-of-2.json")
+  (data_dir / "process_0-of-1.json").unlink()
+  for i, state in enumerate(states):
+    (data_dir / f"process_{i}-of-2.json").write_text(json.dumps({"type": "json", "value": state}))
+
+
+def test_another_process_count_resumes_a_global_batch_index(tmp_path):
+  # The in-memory pipelines: every process at global batch 7, which any process count resumes.
+  _data_state_of_two_processes(tmp_path, [{"next_index": 7}, {"next_index": 7}])
+  with Checkpointer(tmp_path) as ckpt:
+    _, data_state = ckpt.restore(_abstract(_state()), to_resume=True)
+  assert data_state == {"next_index": 7}
+
+
+def test_another_process_count_is_refused_for_other_data_states(tmp_path):
+  # A streaming pipeline's state: each process's place in its own documents.
+  _data_state_of_two_processes(tmp_path, [{"parent": {"next_index": 3}, "bins": [1]},
+                                          {"parent": {"next_index": 4}, "bins": [2]}])
   with Checkpointer(tmp_path) as ckpt:
     with pytest.raises(checkpointing.ProcessCountMismatch,
-                       match=r"holds \['process_0-of-2.json'\], written by a different number"):
+                       match=r"written by 2 process\(es\) and this run has 1: .* resume with 2 "
+                             r"process\(es\)"):
+      ckpt.restore(_abstract(_state()), to_resume=True)
+
+
+def test_a_missing_data_state_file_is_damage(tmp_path):
+  _data_state_of_two_processes(tmp_path, [{"next_index": 7}, {"next_index": 7}])
+  (tmp_path / "checkpoints" / "1" / "data_state" / "process_1-of-2.json").unlink()
+  with Checkpointer(tmp_path) as ckpt:
+    with pytest.raises(checkpointing.DamagedCheckpoint, match=r"lacks processes \[1\] of 2"):
       ckpt.restore(_abstract(_state()), to_resume=True)
 
 
