@@ -12,7 +12,7 @@ from posjax.run import word_vectors
 MODES = ("train", "eval", "train_and_eval", "generate")
 # Each objective (`config.task`) and the model families it trains.
 TASKS = {"lm": ("decoder",), "mlm": ("mlm",), "classify": ("classifier",), "tag": ("tagger",),
-         "algorithmic": ("decoder", "mlm")}
+         "algorithmic": ("decoder", "mlm"), "mlm+nsp": ("pretraining",)}
 _ZERO_MEANS_DEFAULT = ("num_kv_heads", "mlp_dim", "head_dim")
 
 

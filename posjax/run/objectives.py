@@ -295,6 +295,9 @@ def labelled_metrics(report: dict) -> dict[str, float]:
 
 def for_config(config):
   """The objective of `config.task`."""
+  if config.task == "mlm+nsp":  # BERT pretraining (imported here: it builds on this module)
+    from posjax.run import next_sentence
+    return next_sentence.MaskedLMAndNextSentence(config)
   if config.task == "algorithmic":
     return Algorithmic(config)
   return Labelled(config) if config.task in labelled.KINDS else LanguageModeling(config)

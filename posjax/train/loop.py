@@ -106,6 +106,8 @@ def _train(run: Run, stop_after: Optional[int]) -> TrainState:
                    "perf/step_seconds": window_seconds / window_steps,
                    "perf/tokens_per_second": tokens / window_seconds,
                    "perf/model_tflops_per_second": flops_per_token * tokens / window_seconds / 1e12}
+        scalars.update({k: v for k, v in metrics.items() if k.startswith("train/")})  # an
+        # objective's own training metrics (e.g. train/nsp_accuracy)
         if peak:
           scalars["perf/mfu"] = flops.mfu(tokens / window_seconds, flops_per_token,
                                           jax.device_count(), peak)
