@@ -1,13 +1,15 @@
 """Length-extrapolation sweep: train each scheme on the same data and budget, compare by length.
 
   python -m experiments.extrapolation --schemes=nope,sinusoidal,rope,alibi --workdir=runs/sweep \
-      [--config=configs/lm.py] [--config.train.steps=500 ...] [--multipliers=1,2,4,8,16,32]
+      [--seeds=0,1,2] [--config=configs/lm.py] [--config.train.steps=500 ...] \
+      [--multipliers=1,2,4,8,16,32]
 
-Each scheme trains in `<workdir>/<scheme>` through `posjax.train.loop.train` (the config
-with `model.pe` set to the scheme; a run whose checkpoint has reached `train.steps` is not
-retrained, an unfinished one resumes), then `posjax.evaluate.extrapolation` writes its
-`<workdir>/<scheme>/extrapolation/` report. The sweep writes `comparison.csv`, `comparison.md`
-and `comparison.png` in `<workdir>`.
+Each scheme and seed trains in `<workdir>/<scheme>/seed_<s>` through `posjax.train.loop.train`
+(the config with `model.pe` set to the scheme and the seed as the model's and the data's; a run
+whose checkpoint has reached `train.steps` is not retrained, an unfinished one resumes), then
+`posjax.evaluate.extrapolation` writes its `extrapolation/` report there. The sweep writes
+`comparison.csv` (every row), `comparison.md` (perplexity by length, mean ± std over seeds) and
+`comparison.png` (the range over seeds shaded) in `<workdir>`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/lm.py", "Base run config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory (one run per scheme).")
 _SCHEMES = flags.DEFINE_list("schemes", "nope,sinusoidal,rope,alibi", "Schemes to compare.")
+_SEEDS = flags.DEFINE_list("seeds", "0", "Seeds (each the model's and the data's).")
 _MULTIPLIERS = flags.DEFINE_list("multipliers", "1,2,4,8,16,32", "Lengths, × data.seq_len.")
 _STRIDE = flags.DEFINE_float("stride_fraction", 0.5, "Sliding stride as a fraction of window.")
 _TOKENS = flags.DEFINE_integer("num_tokens", 16384, "Validation targets scored per length.")
@@ -31,10 +34,12 @@ _TEXT = flags.DEFINE_string(
 flags.mark_flags_as_required(["workdir"])
 
 
-def scheme_config(base, scheme: str) -> ml_collections.ConfigDict:
-  """The base config with `model.pe = scheme` (an unlocked copy)."""
+def scheme_config(base, scheme: str, seed: int = 0) -> ml_collections.ConfigDict:
+  """The base config with `model.pe = scheme` and `seed` as the model's and the data's seed (an
+  unlocked copy)."""
   config = ml_collections.ConfigDict(base.to_dict())
   config.model.pe = scheme
+  config.seed = config.data.seed = int(seed)
   return config
 
 
@@ -65,10 +70,11 @@ def main(argv):
                                            path=_TEXT.value))
   results = []
   for scheme in _SCHEMES.value:
-    workdir = os.path.join(_WORKDIR.value, scheme)
-    results.append(train_and_evaluate(scheme_config(_CONFIG.value, scheme), workdir,
-                                      multipliers=multipliers, data_config=other,
-                                      stride_fraction=_STRIDE.value, num_tokens=_TOKENS.value))
+    for seed in _SEEDS.value:
+      workdir = os.path.join(_WORKDIR.value, scheme, f"seed_{seed}")
+      results.append(train_and_evaluate(scheme_config(_CONFIG.value, scheme, int(seed)), workdir,
+                                        multipliers=multipliers, data_config=other,
+                                        stride_fraction=_STRIDE.value, num_tokens=_TOKENS.value))
   name = "comparison" + ("_" + os.path.basename(os.path.normpath(_TEXT.value)).split(".")[0]
                          if _TEXT.value else "")
   paths = extrapolation.write_comparison(results, _WORKDIR.value, name=name)

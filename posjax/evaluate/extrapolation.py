@@ -223,7 +223,8 @@ def evaluate_lengths(run: RunModel, multipliers: Sequence[float] = DEFAULT_MULTI
   scorer = scorer or make_scorer(run)
   rows, by_position = [], {}
   for multiplier, length in zip(multipliers, lengths):
-    base = {"scheme": name, "train_len": train_len, "multiplier": multiplier, "length": length}
+    base = {"scheme": name, "seed": run.config.seed, "train_len": train_len,
+            "multiplier": multiplier, "length": length}
     if length in skipped:
       for protocol in protocols:
         rows.append({**base, "protocol": protocol, "stride": None, "loss": None,
@@ -263,7 +264,8 @@ def position_rows(result: ExtrapolationResult) -> list[dict]:
 
 
 def protocol_series(rows: Sequence[dict], *, label_prefix: str = "") -> list[report.Series]:
-  """One `Series` of perplexity against length per protocol in `rows`."""
+  """One `Series` of perplexity against length per protocol in `rows`: with rows of several
+  seeds, the mean perplexity, shaded from the lowest seed's to the highest's."""
   series = []
   for i, protocol in enumerate(p for p in PROTOCOLS if any(r["protocol"] == p for r in rows)):
     mine = [r for r in rows if r["protocol"] == protocol]
@@ -272,9 +274,15 @@ def protocol_series(rows: Sequence[dict], *, label_prefix: str = "") -> list[rep
     if protocol == "sliding" and strides:
       half = all(2 * stride == length for stride, length in strides)
       label += f" (stride {'W/2' if half else 'varies'})"
-    series.append(report.Series(label, [r["length"] for r in mine],
-                                [r["perplexity"] for r in mine],
-                                {"linestyle": "-" if i == 0 else "--"}))
+    lengths = list(dict.fromkeys(r["length"] for r in mine))
+    ppl = [[r["perplexity"] for r in mine if r["length"] == n and r["perplexity"] is not None]
+           for n in lengths]
+    spread = any(len(p) > 1 for p in ppl)
+    series.append(report.Series(
+        label, lengths, [float(np.mean(p)) if p else None for p in ppl],
+        {"linestyle": "-" if i == 0 else "--"},
+        low=[min(p) if p else np.nan for p in ppl] if spread else None,
+        high=[max(p) if p else np.nan for p in ppl] if spread else None))
   return series
 
 
@@ -326,29 +334,37 @@ def run_extrapolation(workdir: str, config=None, *, out_dir: Optional[str] = Non
 
 
 def comparison_rows(results: Sequence[ExtrapolationResult]) -> list[dict]:
-  """One row per (scheme, protocol) with the perplexity at each length (`ppl@<length>`)."""
+  """One row per (scheme, protocol) with the perplexity at each length (`ppl@<length>`): the
+  value of the one seed, or the mean ± sample std over the seeds of that scheme."""
   rows = []
-  for result in results:
+  for scheme in dict.fromkeys(result.name for result in results):
+    mine = [r for result in results if result.name == scheme for r in result.rows]
+    seeds = sorted({r["seed"] for r in mine})
     for protocol in PROTOCOLS:
-      mine = [r for r in result.rows if r["protocol"] == protocol]
-      if mine:
-        row = {"scheme": result.name, "train_len": result.train_len, "protocol": protocol}
-        row.update({f"ppl@{r['length']}": r["perplexity"] for r in mine})
-        rows.append(row)
+      of_protocol = [r for r in mine if r["protocol"] == protocol]
+      if not of_protocol:
+        continue
+      row = {"scheme": scheme, "seeds": len(seeds), "train_len": of_protocol[0]["train_len"],
+             "protocol": protocol}
+      for stats in report.over_seeds(of_protocol, ("length",), ("perplexity",)):
+        row[f"ppl@{stats['length']}"] = (stats["perplexity"] if len(seeds) == 1
+                                         else report.mean_std(stats, "perplexity", digits=2))
+      rows.append(row)
   return rows
 
 
 def write_comparison(results: Sequence[ExtrapolationResult], out_dir: str, *,
                      name: str = "comparison") -> dict[str, str]:
-  """`<name>.csv` (every row of every scheme), `<name>.md` (perplexity by scheme, protocol and
-  length) and `<name>.png` (one color per scheme; solid: windows, dashed: sliding) under
-  `out_dir`."""
+  """`<name>.csv` (every row of every scheme and seed), `<name>.md` (perplexity by scheme,
+  protocol and length; mean ± std over seeds) and `<name>.png` (one color per scheme; solid:
+  windows, dashed: sliding; the range over seeds shaded) under `out_dir`."""
   os.makedirs(out_dir, exist_ok=True)
   all_rows = [r for result in results for r in result.rows]
   notes = list(dict.fromkeys(n for result in results for n in result.notes))
   series = []
-  for i, result in enumerate(results):
-    for s in protocol_series(result.rows, label_prefix=f"{result.name} "):
+  for i, scheme in enumerate(dict.fromkeys(result.name for result in results)):
+    rows = [r for result in results if result.name == scheme for r in result.rows]
+    for s in protocol_series(rows, label_prefix=f"{scheme} "):
       s.style = {**s.style, "color": f"C{i % 10}"}
       series.append(s)
   train_lens = sorted({r.train_len for r in results})

@@ -215,3 +215,24 @@ def test_another_text_is_named_and_reported_apart(tmp_path, rope_run):
   text = open(paths["md"]).read()
   assert f"on text:{verse}" in text and "not the data the run was trained on" in text
   assert result.rows[0]["loss"] != own.rows[0]["loss"]
+
+
+def test_comparison_over_seeds_is_mean_and_sample_std(tmp_path):
+  def result(scheme, seed, ppls):
+    rows = [{"scheme": scheme, "seed": seed, "train_len": 32, "multiplier": m, "length": 32 * m,
+             "protocol": "windows", "stride": None, "loss": float(np.log(p)), "perplexity": p,
+             "accuracy": 0.5, "tokens": 64, "note": ""} for m, p in zip((1, 2), ppls)]
+    return ex.ExtrapolationResult(scheme, 32, rows, {}, [])
+  results = [result("rope", 0, (4.0, 9.0)), result("rope", 1, (6.0, 13.0)),
+             result("alibi", 0, (5.0, 5.5))]
+  rows = {r["scheme"]: r for r in ex.comparison_rows(results)}
+  assert rows["rope"]["seeds"] == 2 and rows["alibi"]["seeds"] == 1
+  assert rows["rope"]["ppl@32"] == f"5.00 ± {np.std([4.0, 6.0], ddof=1):.2f}"
+  assert rows["rope"]["ppl@64"] == "11.00 ± 2.83"
+  assert rows["alibi"]["ppl@64"] == 5.5  # one seed: the value itself
+  (rope_windows,) = [s for s in ex.protocol_series(results[0].rows + results[1].rows)]
+  assert rope_windows.y == [5.0, 11.0]
+  assert rope_windows.low == [4.0, 9.0] and rope_windows.high == [6.0, 13.0]
+  paths = ex.write_comparison(results, str(tmp_path))
+  assert "| rope | 2 | 32 | windows | 5.00 ± 1.41 | 11.00 ± 2.83 |" in open(paths["md"]).read()
+  assert pathlib.Path(paths["png"]).stat().st_size > 0
