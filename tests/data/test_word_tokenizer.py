@@ -125,6 +125,20 @@ def test_language_model_pipeline_runs_on_words():
   np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
 
 
+def test_masked_lm_pipeline_never_masks_a_special_word():
+  from posjax import data
+  config = _data_config(min_count=3, seq_len=32, global_batch_size=8, seed=0, num_workers=0,
+                        streaming=None, mlm_probability=0.5)
+  tok = tokenizers.get_tokenizer(config)
+  batch = next(data.make_mlm_dataset(config, split="train", seq_len=32, tokenizer=tok,
+                                     batch_size=8))
+  chosen = batch["weights"] > 0
+  assert chosen.any() and (batch["inputs"][chosen] == tok.mask_id).any()
+  assert not np.isin(batch["targets"][chosen], tok.special_ids).any()  # [UNK] included
+  # Unchosen positions are left as they were.
+  np.testing.assert_array_equal(batch["inputs"][~chosen], batch["targets"][~chosen])
+
+
 def test_labelled_pipeline_classifies_and_tags_words():
   tok = WordTokenizer.build([TEXT], min_count=1)
   sequence = Passages(["the cat sat", "a dog ran the end"], [1, 0], ("x", "y"), "sequence",
