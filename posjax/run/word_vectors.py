@@ -29,7 +29,6 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 
 from posjax.nn import word_vectors
