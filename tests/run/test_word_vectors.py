@@ -17,7 +17,8 @@ DIM = 32  # configs/lm.py:tiny
 # The vectors file: four words, one only in another case ("King": the lowercase fallback).
 # Row k of the file is s_k · (1, -1, 1, -1, ...) with s = 1, 2, 1, 2, so its values are ±1 and ±2
 # in equal numbers: mean 0, std sqrt((1 + 4) / 2) = sqrt(2.5).
-FILE_WORDS, SIGNS, SCALES = ("the", "King", "queen", "rook"), np.resize([1.0, -1.0], DIM), (1, 2, 1, 2)
+FILE_WORDS, SCALES = ("the", "King", "queen", "rook"), (1, 2, 1, 2)
+SIGNS = np.resize([1.0, -1.0], DIM)
 FILE_STD = np.sqrt(2.5)
 
 
