@@ -96,8 +96,11 @@ def kill(processes: Sequence[subprocess.Popen]) -> None:
   for p in processes:
     if p.poll() is None:
       try:
-        os.killpg(p.pid, signal.SIGKILL)
-      except ProcessLookupError:
+        if os.getpgid(p.pid) == p.pid:  # started here: it leads its group
+          os.killpg(p.pid, signal.SIGKILL)
+        else:
+          p.kill()
+      except ProcessLookupError:  # it has just ended
         pass
   for p in processes:
     p.wait()
