@@ -83,6 +83,8 @@ def get_config(arg=None):
       seed=0,                         # data order, separate from the model seed
       num_workers=0,                  # grain worker processes (0: in the main process)
       mlm_probability=0.15,           # for task=mlm
+      passkey_fraction=0.0,           # task=lm: this fraction of the training rows replaced by
+                                      # passkey prompts (posjax.data.passkey), to learn retrieval
   ))
 
   config.train = ml_collections.ConfigDict(dict(

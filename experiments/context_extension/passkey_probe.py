@@ -4,7 +4,7 @@
       [--multipliers=1,4] [--scalings=none,dynamic,yarn] \
       [--finetunes=finetune_512,finetune_512_linear] [--trials=4]
 
-For passkey prompts (`posjax.evaluate.passkey.make_prompt`, depths 0..1) it reads the model's
+For passkey prompts (`posjax.data.passkey.make_prompt`, depths 0..1) it reads the model's
 next-token distribution at each scored answer digit (teacher-forced) and reports, per method and
 length:
 
@@ -63,7 +63,7 @@ def logits_fn(run, pe_options):
 
 
 def probe(call, tokenizer, length: int, trials: int) -> dict:
-  from posjax.evaluate import passkey
+  from posjax.data import passkey
   digits = np.asarray([tokenizer.encode(str(d))[0] for d in range(10)])
   prompts = [passkey.make_prompt(tokenizer, length, d, k) for d in DEPTHS
              for k in passkey.passkey_keys(trials)]

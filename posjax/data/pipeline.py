@@ -31,18 +31,21 @@ from __future__ import annotations
 import grain
 
 from posjax.data import masking, packing, sources
+from posjax.data.passkey import PasskeyRows
 from posjax.data import streaming as stream_lib
 from posjax.data.tokenizers import check_token_ids
 
 _MASK_SEED_SALT = 0x6D61736B  # keeps the masking stream apart from the shuffling one
+_PASSKEY_SEED_SALT = 0x706B6579  # and the passkey mixture's
 
 
 def _in_memory_dataset(documents, tokenizer, *, split, seq_len, batch_size, seed, shuffle,
                        repeat, process_index, process_count, drop_remainder, shift,
-                       read_options, mask=None) -> grain.IterDataset:
+                       read_options, mask=None, passkey=None) -> grain.IterDataset:
   """Batches of the split's rows, tokenized and packed in memory (see `packing.py`). `mask`
-  (MLM) masks each row with a seed of its place in the global stream, before the rows are
-  dealt to processes, so the masks do not depend on the number of processes."""
+  (MLM) masks each row, and `passkey` (a `PasskeyRows`) may replace it by a passkey prompt, with
+  a seed of its place in the global stream, before the rows are dealt to processes, so neither
+  depends on the number of processes."""
   store = packing.tokenize_documents(documents, tokenizer)
   check_token_ids(store.tokens, tokenizer.vocab_size, what="tokenized documents")
   rows = packing.cut_and_pack(store.doc_bounds, seq_len, shift=shift)
@@ -70,6 +73,8 @@ def _in_memory_dataset(documents, tokenizer, *, split, seq_len, batch_size, seed
   dataset = dataset.map(packing.RowMaker(store, rows, tokenizer.pad_id))
   if mask is not None:
     dataset = dataset.random_map(mask, seed=(seed ^ _MASK_SEED_SALT) % 2**31)
+  if passkey is not None:
+    dataset = dataset.random_map(passkey, seed=(seed ^ _PASSKEY_SEED_SALT) % 2**31)
   dataset = dataset[process_index::process_count]
   dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
   return dataset.to_iter_dataset(read_options)
@@ -80,7 +85,8 @@ def make_lm_dataset(data_config, *, split: str, seq_len: int, batch_size: int, t
                     process_index: int = 0, process_count: int = 1,
                     drop_remainder: bool = True, mlm: bool = False,
                     mlm_probability: float | None = None, documents=None,
-                    streaming: bool | None = None) -> grain.DatasetIterator:
+                    streaming: bool | None = None,
+                    passkey_fraction: float = 0.0) -> grain.DatasetIterator:
   """An iterator over this process's batches of `split` (see the module docstring).
 
   Args:
@@ -104,6 +110,9 @@ def make_lm_dataset(data_config, *, split: str, seq_len: int, batch_size: int, t
     streaming: stream documents instead of tokenizing the split in memory (`streaming.py`);
       default `data_config.streaming` if the config has it, else True exactly for TFDS catalog
       datasets (names other than shakespeare and text).
+    passkey_fraction: LM only: this fraction of the rows replaced by passkey prompts of `seq_len`
+      inputs (`posjax.data.passkey.PasskeyRows`; a training mixture that teaches retrieval);
+      not for streamed datasets.
 
   `data_config.num_workers` sets the number of threads that make batches ahead (at least 1);
   `2 * num_workers` batches are prefetched.
@@ -137,13 +146,20 @@ def make_lm_dataset(data_config, *, split: str, seq_len: int, batch_size: int, t
       probability = float(sources.config_value(data_config, "mlm_probability", 0.15))
     mask = masking.MaskBatch(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
                              special_ids=tokenizer.special_ids, probability=probability)
+  passkey = None
+  if passkey_fraction:
+    if mlm or streaming:
+      raise ValueError("data.passkey_fraction mixes passkey prompts into next-token (task=lm) "
+                       "rows of an in-memory dataset, not into masked-LM or streamed ones")
+    passkey = PasskeyRows(tokenizer, seq_len, passkey_fraction)
   if streaming:
     dataset = stream_lib.streaming_dataset(documents, tokenizer, **options)
     if mask is not None:  # each process streams its own documents: its own masks too
       dataset = dataset.random_map(
           mask, seed=(seed ^ _MASK_SEED_SALT ^ (process_index << 20)) % 2**31)
   else:
-    dataset = _in_memory_dataset(documents, tokenizer, split=split, mask=mask, **options)
+    dataset = _in_memory_dataset(documents, tokenizer, split=split, mask=mask, passkey=passkey,
+                                 **options)
   return iter(dataset)
 
 

@@ -1,19 +1,10 @@
-"""Passkey retrieval (Mohtashami & Jaggi 2023, "Landmark Attention", arXiv:2305.16300).
+"""Passkey retrieval (Mohtashami & Jaggi 2023, "Landmark Attention", arXiv:2305.16300): a trained
+run scored on prompts that hide a random 5-digit key in filler and ask for it at the end
+(`posjax.data.passkey` builds them):
 
-A prompt hides a random 5-digit key in repeated filler and asks for it at the end:
-
-  [header] The grass is green. The sky is blue. ... There and back again. The grass is ...
-  The pass key is 71432. Remember it. 71432 is the pass key. The grass is green. ...
+  ... The pass key is 71432. Remember it. 71432 is the pass key. The grass is green. ...
   What is the pass key? The pass key is 71432
                                         ^^^^^ scored
-
-Built in tokens with the run's tokenizer, to an exact length: the prompt plus the answer
-(" 71432") is `length + 1` tokens, so the model reads `length` inputs. The filler is the last F
-tokens of the repeated lines (it ends with a whole line, so the question follows a full
-sentence; the first sentence may be cut). The key sentence goes at the sentence boundary of the
-filler nearest to `depth × F` (the filler's start and end count as boundaries: depth 0 puts it
-right after the header, depth 1 right before the question); `PasskeyPrompt.key_start` and
-`.actual_depth` say where it went.
 
 Scoring is teacher-forced and greedy: one forward pass over prompt + answer, and the key counts
 as retrieved when the argmax at every answer token's position is that token (for the byte
@@ -30,83 +21,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from posjax.data.passkey import (DEFAULT_DEPTHS, PasskeyPrompt, make_prompt, min_length,
+                                 passkey_keys)
 from posjax.evaluate import report
 from posjax.evaluate.scoring import RunModel, Scorer, make_scorer, max_positions
-
-FILLER_SENTENCES = ("The grass is green. ", "The sky is blue. ", "The sun is yellow. ",
-                    "Here we go. ", "There and back again. ")
-KEY_SENTENCE = "The pass key is {key}. Remember it. {key} is the pass key. "
-QUESTION = "What is the pass key? The pass key is"
-ANSWER = " {key}"
-PAPER_HEADER = ("There is an important info hidden inside a lot of irrelevant text. Find it and "
-                "memorize them. I will quiz you about the important information there. ")
-DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-@dataclasses.dataclass(frozen=True)
-class PasskeyPrompt:
-  tokens: np.ndarray            # [length + 1] int32: prompt then answer
-  key: str
-  depth: float                  # requested depth
-  key_start: int                # token index where the key sentence starts
-  key_len: int                  # tokens of the key sentence
-  header_len: int
-  filler_len: int               # F: filler tokens in all
-  answer_positions: np.ndarray  # indices into `tokens` of the scored answer tokens
-
-  @property
-  def length(self) -> int:
-    """The model's input length (the prompt and answer hold one token more)."""
-    return int(self.tokens.size - 1)
-
-  @property
-  def actual_depth(self) -> float:
-    """The fraction of the filler before the key sentence."""
-    return (self.key_start - self.header_len) / max(self.filler_len, 1)
-
-
-def _encode(tokenizer, text: str) -> np.ndarray:
-  return np.asarray(tokenizer.encode(text), np.int32)
-
-
-def min_length(tokenizer, key: str = "12345", header: str = "") -> int:
-  """The shortest input length that holds a passkey prompt (no filler)."""
-  parts = [header, KEY_SENTENCE.format(key=key), QUESTION, ANSWER.format(key=key)]
-  return sum(_encode(tokenizer, p).size for p in parts if p) - 1
-
-
-def make_prompt(tokenizer, length: int, depth: float, key: str | int, *,
-                header: str = "") -> PasskeyPrompt:
-  """The passkey prompt of `length` input tokens with `key` at `depth` in [0, 1]."""
-  key = str(key)
-  if not key.isdigit():
-    raise ValueError(f"the pass key must be digits, got {key!r}")
-  if not 0.0 <= depth <= 1.0:
-    raise ValueError(f"depth must be in [0, 1], got {depth}")
-  head = _encode(tokenizer, header) if header else np.zeros([0], np.int32)
-  key_ids = _encode(tokenizer, KEY_SENTENCE.format(key=key))
-  question = _encode(tokenizer, QUESTION)
-  answer = _encode(tokenizer, ANSWER.format(key=key))
-  fixed = head.size + key_ids.size + question.size + answer.size
-  filler_len = length + 1 - fixed
-  if filler_len < 0:
-    raise ValueError(f"a passkey prompt needs at least {fixed - 1} input tokens (header, key "
-                     f"sentence, question and answer), got length={length}")
-  sentences = [_encode(tokenizer, s) for s in FILLER_SENTENCES]
-  line = np.concatenate(sentences)
-  starts_in_line = np.cumsum([0] + [s.size for s in sentences[:-1]])
-  reps = filler_len // line.size + 1
-  tiled = np.tile(line, reps)
-  offset = tiled.size - filler_len          # the filler is tiled[offset:]
-  filler = tiled[offset:]
-  boundaries = (np.arange(reps)[:, None] * line.size + starts_in_line[None, :]).ravel() - offset
-  boundaries = np.concatenate([[0], boundaries[boundaries > 0], [filler_len]])
-  split = int(boundaries[np.argmin(np.abs(boundaries - depth * filler_len))])
-  tokens = np.concatenate([head, filler[:split], key_ids, filler[split:], question, answer])
-  scored = [i for i, t in enumerate(answer) if tokenizer.decode(np.asarray([t])).strip()]
-  answer_positions = tokens.size - answer.size + np.asarray(scored, np.int64)
-  return PasskeyPrompt(tokens.astype(np.int32), key, float(depth), int(head.size + split),
-                       int(key_ids.size), int(head.size), int(filler_len), answer_positions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,12 +47,6 @@ def score_prompts(scorer: Scorer, prompts: Sequence[PasskeyPrompt]) -> list[Pass
     hits = prediction[row, p.answer_positions - 1] == p.tokens[p.answer_positions]
     scores.append(PasskeyScore(bool(hits.all()), float(hits.mean())))
   return scores
-
-
-def passkey_keys(trials: int, seed: int = 0) -> list[str]:
-  """`trials` random 5-digit keys; the same keys serve every (length, depth) cell."""
-  rng = np.random.default_rng(seed)
-  return [str(k) for k in rng.integers(10000, 100000, size=trials)]
 
 
 def passkey_grid(scorer: Scorer, tokenizer, lengths: Sequence[int],

@@ -60,14 +60,23 @@ class LanguageModeling:
 
   def problems(self, cfg, num_data_shards: int) -> list[str]:
     del num_data_shards
-    return window_problems(self.config, cfg)
+    problems = window_problems(self.config, cfg)
+    fraction = self.config.data.passkey_fraction
+    if fraction and (self.config.task != "lm" or not 0 < fraction < 1):
+      problems.append(f"data.passkey_fraction={fraction}: a fraction in [0, 1) of the rows of "
+                      "task=lm (next-token) training")
+    return problems
 
   def head_options(self) -> dict:
     return {}
 
   def dataset(self, tokenizer, split: str, seq_len: int, **pipeline):
-    make = data.make_mlm_dataset if self.config.task == "mlm" else data.make_lm_dataset
-    return make(self.config.data, split=split, seq_len=seq_len, tokenizer=tokenizer, **pipeline)
+    if self.config.task == "mlm":
+      return data.make_mlm_dataset(self.config.data, split=split, seq_len=seq_len,
+                                   tokenizer=tokenizer, **pipeline)
+    mixture = self.config.data.passkey_fraction if split == "train" else 0.0
+    return data.make_lm_dataset(self.config.data, split=split, seq_len=seq_len,
+                                tokenizer=tokenizer, passkey_fraction=mixture, **pipeline)
 
   def validate(self, run, state) -> dict[str, float]:
     result = self.evaluate_length(run, state, self.config.data.seq_len,

@@ -66,13 +66,24 @@ def _covered(name: str, prefixes: Iterable[str]) -> bool:
   return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
+def _is_neutral(value: Any) -> bool:
+  """Off, empty or zero: the value a field added to the configs starts at."""
+  return value is None or (isinstance(value, (str, int, float, list, dict)) and not value)
+
+
 def differences(recorded: Any, config: Any, *, ignore: Iterable[str] = RUN_OPTIONS) -> list[str]:
-  """`"field: recorded → given"` for each training field where the two configs differ."""
+  """`"field: recorded → given"` for each training field where the two configs differ.
+
+  A field the record lacks at its neutral value (off, empty or zero) is no difference:
+  the record predates the field, which posjax adds switched off (a new option may only change
+  what a run trains when it is set)."""
   old, new = _flatten(recorded), _flatten(config)
   ignore = tuple(ignore)
   lines = []
   for name in sorted(set(old) | set(new)):
     if _covered(name, ignore) or old.get(name, "<absent>") == new.get(name, "<absent>"):
+      continue
+    if name not in old and _is_neutral(new[name]):
       continue
     lines.append(f"{name}: {json.dumps(old.get(name, '<absent>'))} (run) → "
                  f"{json.dumps(new.get(name, '<absent>'))} (given)")
@@ -135,10 +146,17 @@ def for_workdir(workdir: str | os.PathLike, given: Any, *, overrides: Iterable[s
   if recorded is None:
     return given
   config = ml_collections.ConfigDict(recorded.to_dict())
-  for name in ("mode", *overrides):
+  for name in ("mode", *overrides, *added_since(recorded, given)):
     _copy_field(given, config, name)
   check(workdir, config, allow_changes=allow_changes)
   return config
+
+
+def added_since(recorded: Any, given: Any) -> list[str]:
+  """The fields of `given` that the record lacks (it predates them), at neutral values."""
+  old = _flatten(recorded)
+  return [name for name, value in _flatten(given).items()
+          if name not in old and _is_neutral(value)]
 
 
 def _copy_field(source: Any, target: ml_collections.ConfigDict, dotted: str) -> None:

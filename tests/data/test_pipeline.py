@@ -204,3 +204,29 @@ def test_catalog_names_stream_by_default(tfds_dir):
   batch = next(iterator)
   assert batch["inputs"].shape == (4, 64) and batch["weights"].sum() > 0
   assert "parent" in iterator.get_state()  # grain's streaming iterators, not an index
+
+
+def test_passkey_mixture_replaces_training_rows_deterministically():
+  from posjax.data import passkey
+  tok = data.ByteTokenizer()
+  def batches(fraction, seed=0):
+    it = data.make_lm_dataset({"name": "shakespeare", "seed": seed}, split="train", seq_len=128,
+                         batch_size=64, tokenizer=tok, passkey_fraction=fraction)
+    return [next(it) for _ in range(4)]
+  plain, mixed, again = batches(0.0), batches(0.25), batches(0.25)
+  question = tok.encode(passkey.QUESTION)
+  prompts = kept = 0
+  for p, m, a in zip(plain, mixed, again):
+    np.testing.assert_array_equal(m["inputs"], a["inputs"])  # the same seed, the same rows
+    for row in range(64):
+      if np.array_equal(m["inputs"][row], p["inputs"][row]):
+        kept += 1
+      else:
+        text = m["inputs"][row]
+        assert any(np.array_equal(text[i:i + len(question)], question)
+                   for i in range(len(text) - len(question) + 1))
+        prompts += 1
+  assert prompts + kept == 256 and 0.15 < prompts / 256 < 0.35
+  with pytest.raises(ValueError, match="not into masked-LM or streamed ones"):
+    data.make_lm_dataset({"name": "shakespeare"}, split="train", seq_len=128, batch_size=4,
+                         tokenizer=tok, passkey_fraction=0.1, mlm=True)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from posjax.data import ByteTokenizer
+from posjax.data import passkey as prompts
 from posjax.evaluate import passkey as pk
 from posjax.evaluate.extrapolation import Scorer
 
@@ -22,14 +23,14 @@ def text(prompt) -> str:
 
 
 def test_the_shortest_prompt_is_key_question_answer():
-  assert pk.min_length(TOK) == 59 + 43 - 1 == 101
-  prompt = pk.make_prompt(TOK, 101, 0.5, 12345)
+  assert prompts.min_length(TOK) == 59 + 43 - 1 == 101
+  prompt = prompts.make_prompt(TOK, 101, 0.5, 12345)
   assert text(prompt) == KEY + QA
   assert prompt.length == 101 and prompt.tokens.size == 102
   assert prompt.key_start == 0 and prompt.filler_len == 0
   np.testing.assert_array_equal(prompt.answer_positions, [97, 98, 99, 100, 101])  # digits only
   with pytest.raises(ValueError, match="at least 101 input tokens"):
-    pk.make_prompt(TOK, 100, 0.5, 12345)
+    prompts.make_prompt(TOK, 100, 0.5, 12345)
 
 
 @pytest.mark.parametrize("depth, expected", [
@@ -39,7 +40,7 @@ def test_the_shortest_prompt_is_key_question_answer():
     (1.0, LINE + KEY + QA),
 ])
 def test_key_goes_at_the_sentence_boundary_nearest_the_depth(depth, expected):
-  prompt = pk.make_prompt(TOK, 101 + 90, depth, "12345")
+  prompt = prompts.make_prompt(TOK, 101 + 90, depth, "12345")
   assert text(prompt) == expected
   assert prompt.length == 191
   assert prompt.key_start == expected.index(KEY)
@@ -47,10 +48,10 @@ def test_key_goes_at_the_sentence_boundary_nearest_the_depth(depth, expected):
 
 
 def test_a_partial_first_sentence_and_a_header():
-  prompt = pk.make_prompt(TOK, 101 + 20, 0.0, 12345)
+  prompt = prompts.make_prompt(TOK, 101 + 20, 0.0, 12345)
   assert text(prompt) == KEY + "ere and back again. " + QA  # the last 20 filler bytes
   header = "Find the key. "
-  prompt = pk.make_prompt(TOK, 101 + 14 + 20, 1.0, 12345, header=header)
+  prompt = prompts.make_prompt(TOK, 101 + 14 + 20, 1.0, 12345, header=header)
   assert text(prompt) == header + "ere and back again. " + KEY + QA
   assert prompt.key_start == 34 and prompt.actual_depth == 1.0
 
@@ -58,7 +59,7 @@ def test_a_partial_first_sentence_and_a_header():
 @pytest.mark.parametrize("length", [128, 500, 1024, 4096])
 @pytest.mark.parametrize("depth", [0.0, 0.1, 0.33, 0.5, 0.9, 1.0])
 def test_target_length_is_met_and_depth_is_close(length, depth):
-  prompt = pk.make_prompt(TOK, length, depth, 99999)
+  prompt = prompts.make_prompt(TOK, length, depth, 99999)
   assert prompt.tokens.size == length + 1
   assert abs(prompt.actual_depth - depth) * prompt.filler_len <= 22 / 2 + 1  # half a sentence
   assert text(prompt).endswith("What is the pass key? The pass key is 99999")
@@ -67,9 +68,9 @@ def test_target_length_is_met_and_depth_is_close(length, depth):
 
 def test_bad_keys_and_depths():
   with pytest.raises(ValueError, match="digits"):
-    pk.make_prompt(TOK, 200, 0.5, "12a45")
+    prompts.make_prompt(TOK, 200, 0.5, "12a45")
   with pytest.raises(ValueError, match="depth"):
-    pk.make_prompt(TOK, 200, 1.5, 12345)
+    prompts.make_prompt(TOK, 200, 1.5, 12345)
 
 
 def always(char: str):
@@ -96,15 +97,15 @@ class Oracle(Scorer):
 
 
 def test_scoring_with_forced_models():
-  prompts = [pk.make_prompt(TOK, 150, 0.5, key) for key in ("11111", "12345", "21111")]
-  scores = pk.score_prompts(always("1"), prompts)
+  cases = [prompts.make_prompt(TOK, 150, 0.5, key) for key in ("11111", "12345", "21111")]
+  scores = pk.score_prompts(always("1"), cases)
   assert [s.retrieved for s in scores] == [True, False, False]
   assert [s.digit_accuracy for s in scores] == [1.0, 0.2, 0.8]
-  assert all(s.retrieved for s in pk.score_prompts(Oracle(), prompts))
-  last_digit_wrong = pk.score_prompts(Oracle(wrong_from_end=1), prompts)
+  assert all(s.retrieved for s in pk.score_prompts(Oracle(), cases))
+  last_digit_wrong = pk.score_prompts(Oracle(wrong_from_end=1), cases)
   assert [(s.retrieved, s.digit_accuracy) for s in last_digit_wrong] == [(False, 0.8)] * 3
   # The prediction before the answer's space is not scored.
-  assert all(s.retrieved for s in pk.score_prompts(Oracle(wrong_from_end=6), prompts))
+  assert all(s.retrieved for s in pk.score_prompts(Oracle(wrong_from_end=6), cases))
 
 
 def test_grid_rows_skips_and_heatmap(tmp_path):
@@ -126,8 +127,8 @@ def test_grid_rows_skips_and_heatmap(tmp_path):
 
 
 def test_keys_are_five_digits_and_reproducible():
-  keys = pk.passkey_keys(4, seed=3)
-  assert keys == pk.passkey_keys(4, seed=3) and all(len(k) == 5 and k.isdigit() for k in keys)
+  keys = prompts.passkey_keys(4, seed=3)
+  assert keys == prompts.passkey_keys(4, seed=3) and all(len(k) == 5 and k.isdigit() for k in keys)
 
 
 def test_a_real_model_scores_between_zero_and_one(tmp_path):
@@ -137,3 +138,28 @@ def test_a_real_model_scores_between_zero_and_one(tmp_path):
   assert [r["length"] for r in rows] == [128, 128]
   assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
   assert (tmp_path / "pk" / "passkey.png").exists()
+
+
+def test_training_mixture_replaces_a_fraction_of_rows_with_prompts():
+  tok = ByteTokenizer()
+  mixer = prompts.PasskeyRows(tok, 128, 0.25)
+  text_row = dict(inputs=np.full([128], 7, np.int32), targets=np.full([128], 8, np.int32),
+                  positions=np.arange(128, dtype=np.int32), segment_ids=np.ones([128], np.int32),
+                  weights=np.ones([128], np.float32))
+  rows = [mixer(text_row, np.random.default_rng(i)) for i in range(2000)]
+  mixed = [r for r in rows if r is not text_row]
+  assert abs(len(mixed) / len(rows) - 0.25) < 0.03  # binomial sd ≈ 0.01
+  held_out = set(prompts.passkey_keys(64, 0))
+  for row in mixed[:50]:
+    text = tok.decode(np.r_[row["inputs"], row["targets"][-1:]])
+    assert text.endswith(prompts.QUESTION + prompts.ANSWER.format(key=text[-5:]))
+    assert f"The pass key is {text[-5:]}." in text and text[-5:] not in held_out
+    np.testing.assert_array_equal(row["targets"][:-1], row["inputs"][1:])
+    assert row["inputs"].shape == (128,) and row["weights"].sum() == 128
+  again = [mixer(text_row, np.random.default_rng(i)) for i in range(50)]
+  for a, b in zip(rows[:50], again):
+    np.testing.assert_array_equal(a["inputs"], b["inputs"])
+  with pytest.raises(ValueError, match=r"passkey_fraction must be in \[0, 1\)"):
+    prompts.PasskeyRows(tok, 128, 1.0)
+  with pytest.raises(ValueError, match="needs data.seq_len >= 101"):
+    prompts.PasskeyRows(tok, 96, 0.1)

@@ -1,0 +1,35 @@
+"""The run record: which differences from a recorded run are refused, and old records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from posjax.configs import load_config
+from posjax.run import record
+
+
+def tiny(**overrides):
+  return load_config("configs/lm.py:tiny", **overrides)
+
+
+def test_differences_name_each_training_field_but_not_run_options():
+  recorded, given = tiny(), tiny(**{"model.pe": "alibi", "eval.batch_size": 16, "mode": "eval"})
+  assert record.differences(recorded, given) == ['model.pe: "rope" (run) → "alibi" (given)']
+  same = tiny(**{"model.pe_options": '{ }'})
+  assert record.differences(recorded, same) == []  # the same options, written differently
+
+
+def test_a_record_from_before_a_field_was_added(tmp_path):
+  """A record that lacks a field (it predates it) agrees with the field switched off, and not
+  with the field switched on; the config rebuilt from it has the field, off."""
+  old = tiny().to_dict()
+  del old["data"]["passkey_fraction"]
+  (tmp_path / record.CONFIG_FILE).write_text(json.dumps(old))
+  assert record.check(tmp_path, tiny()) == []
+  with pytest.raises(ValueError, match=r"data.passkey_fraction: \"<absent>\" \(run\) → 0.2"):
+    record.check(tmp_path, tiny(**{"data.passkey_fraction": 0.2}))
+  config = record.for_workdir(tmp_path, tiny(**{"mode": "eval"}))
+  assert config.data.passkey_fraction == 0.0 and config.mode == "eval"
+  assert record.added_since(old, tiny()) == ["data.passkey_fraction"]
