@@ -9,8 +9,9 @@ the sum of the mean masked LM likelihood and the mean next sentence prediction l
 The model (`models.EncoderForPreTraining`, family `pretraining`) reads sentence pairs `[CLS] A
 [SEP] B [SEP]` with token types 0 / 1 (`posjax.data.sentence_pairs`) and returns both heads'
 logits. Metrics: `train/mlm_loss`, `train/mlm_accuracy`, `train/nsp_loss`,
-`train/nsp_accuracy` (and `loss`, their sum), and the same under `eval/` with `eval/perplexity`
-(of the masked tokens); the final report scores the masked LM by length, as for `task=mlm`.
+`train/nsp_accuracy` (and `loss`, their sum); `eval/loss` (the sum), `eval/mlm_loss`,
+`eval/perplexity` and `eval/accuracy` (of the masked tokens), `eval/nsp_loss`,
+`eval/nsp_accuracy`. The final report scores the masked LM by length, as for `task=mlm`.
 """
 
 from __future__ import annotations

@@ -43,6 +43,12 @@ def test_odd_bucket_counts_match_hf_buckets():
   assert tables["bi_9_20"].max() == 7 and tables["causal_9_20"].max() == 8
 
 
+def test_odd_buckets_on_the_chunked_backend():
+  model = interop.load_pretrained(fixture_dir("t5_odd_buckets"), config_overrides={
+      "attention_backend": "chunked", "chunk_size": 8})
+  check_logits(run(model, expected("t5_odd_buckets")), expected("t5_odd_buckets"))
+
+
 def test_odd_buckets_load_with_the_checkpoint_table():
   model = interop.load_pretrained(fixture_dir("t5_odd_buckets"))
   options = model.encoder.blocks[0].attention.positional.options
