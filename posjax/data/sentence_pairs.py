@@ -156,7 +156,7 @@ class PairMaker:
       raise ValueError("no document has two sentences: there is no adjacent pair to make")
     self.seq_len, self.budget = seq_len, seq_len - 3
     self.cls_id, self.sep_id, self.pad_id = cls_id, sep_id, pad_id
-    self.num_docs = int(sentences.doc.max()) + 1 if len(sentences) else 0
+    self.num_docs = len(np.unique(sentences.doc))  # documents that hold a sentence
 
   def __len__(self) -> int:
     return len(self.anchors)

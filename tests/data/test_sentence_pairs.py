@@ -149,6 +149,16 @@ def test_truncation_keeps_the_junction():
   assert seen > 5
 
 
+def test_empty_documents_do_not_count_as_others():
+  """With one document holding every sentence, a random B comes from it (no endless search)."""
+  sentences = sp.tokenize_sentences(["", _documents(1, 40)[0], "  "], TOK)
+  maker = sp.PairMaker(sentences, seq_len=48, cls_id=TOK.cls_id, sep_id=TOK.sep_id,
+                       pad_id=TOK.pad_id)
+  rng = np.random.default_rng(5)
+  labels = [int(maker(i, rng)["nsp_labels"]) for i in range(40)]
+  assert sp.NOT_NEXT in labels
+
+
 def test_short_rows_and_documents_are_errors():
   with pytest.raises(ValueError, match="seq_len >= 8"):
     _maker(seq_len=6)
