@@ -49,10 +49,10 @@ def t5_relative_bucket(relative_position: jax.Array, *, bidirectional: bool,
   """T5's bucket of each relative position `k_pos - q_pos` (Raffel et al. 2020), int32 in
   `[0, num_buckets)`.
 
-  With B buckets per direction (num_buckets, or floor(num_buckets / 2) when `bidirectional`; then keys
-  after the query, relative_position > 0, use buckets B..2B-1), E = floor(B / 2) exact buckets and
-  distance n (|relative_position| when `bidirectional`, else max(-relative_position, 0), so future
-  keys fall in bucket 0):
+  With B buckets per direction (num_buckets, or floor(num_buckets / 2) when `bidirectional`; then
+  keys after the query, relative_position > 0, use buckets B..2B-1), E = floor(B / 2) exact
+  buckets and distance n (|relative_position| when `bidirectional`, else
+  max(-relative_position, 0), so future keys fall in bucket 0):
 
     bucket(n) = n                                                                if n < E
               = min(B - 1, E + floor(log(n / E) / log(max_distance / E) * (B - E)))   otherwise

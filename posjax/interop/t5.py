@@ -7,8 +7,9 @@ encoder blocks `layer.0` = `SelfAttention.{q,k,v,o}` + `layer_norm`, `layer.1` =
 `SelfAttention.relative_attention_bias` [num_buckets, heads] lives in block 0 and serves every
 block of its stack: posjax `pe="t5"` with `pe_shared=True`, one table per stack (bidirectional in
 the encoder, causal in the decoder). An odd `relative_attention_num_buckets` is fine: the encoder
-then uses floor(n / 2) buckets a direction, as HF does, and never reads the table's last row. No 1/sqrt(d) in attention (`attention_scale=1.0`), RMSNorm
-without bias (eps `layer_norm_epsilon`), pre-norm, no biases anywhere.
+then uses floor(n / 2) buckets a direction, as HF does, and never reads the table's last row.
+No 1/sqrt(d) in attention (`attention_scale=1.0`), RMSNorm without bias (eps
+`layer_norm_epsilon`), pre-norm, no biases anywhere.
 
 MLP: `feed_forward_proj` "relu" (T5) -> relu; "gated-gelu" (v1.1) -> geglu, gelu_new on `wi_0`
 times `wi_1` (posjax `wg` and `wi`); other "gated-<act>" and plain activations map likewise.
