@@ -5,9 +5,9 @@
   logits_BLV = model(tokens_BL)
 
 Per architecture (`interop.gpt2`, `llama`, `qwen2`, `bert`, `t5`, `bloom`):
-`config_from_hf(hf_config)` gives the `TransformerConfig`, `convert_weights(state, cfg, family)` the `{path: array}`
-parameters; `weights.set_params` writes them into a model, checking every parameter is set once
-and every checkpoint tensor is used.
+`config_from_hf(hf_config)` gives the `TransformerConfig`, `convert_weights(state, cfg, family)`
+the `{path: array}` parameters; `weights.set_params` writes them into a model, checking every
+parameter is set once and every checkpoint tensor is used.
 """
 
 from __future__ import annotations
