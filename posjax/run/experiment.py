@@ -112,7 +112,11 @@ class Run:
     """`params` with the leaves named in `loaded` (by path) replaced, on the same shardings."""
     def pick(path, x):
       value = loaded.get(checkpointing.path_name(path))
-      return x if value is None else jax.device_put(np.asarray(value, x.dtype), x.sharding)
+      if value is None:
+        return x
+      if isinstance(value, jax.Array):  # restored onto the mesh: may span processes
+        return jax.device_put(value.astype(x.dtype), x.sharding)
+      return jax.device_put(np.asarray(value, x.dtype), x.sharding)
     return jax.tree_util.tree_map_with_path(pick, params)
 
   def restore(self, step: Optional[int] = None, *, to_resume: bool = False):
@@ -131,12 +135,13 @@ class Run:
   # Data ---------------------------------------------------------------------------------------
 
   def dataset(self, split: str, seq_len: int, batch_size: int, *, train: bool):
-    """This process's batches of `split` (shuffled and repeated for training)."""
+    """This process's batches of `split` (shuffled and repeated for training): its share of
+    each global batch (`sharding.batch_share`)."""
+    index, count = sharding.batch_share(self.mesh)
     return self.objective.dataset(
-        self.tokenizer, split, seq_len, batch_size=batch_size // jax.process_count(),
+        self.tokenizer, split, seq_len, batch_size=batch_size // count,
         seed=self.config.data.seed, shuffle=train, repeat=train,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        drop_remainder=train)
+        process_index=index, process_count=count, drop_remainder=train)
 
   def global_batch(self, host_batch):
     """A host batch as global arrays on the mesh, its token ids checked against the model's

@@ -86,3 +86,25 @@ def global_batch(host_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, 
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in host_batch.items()}
 
+
+
+def batch_share(mesh: Mesh) -> tuple[int, int]:
+  """`(index, count)`: this process reads part `index` of `count` equal parts of every global
+  batch, the rows its devices hold under `batch_sharding(mesh)`.
+
+  Processes whose devices hold the same rows read the same part: when the batch axes (data,
+  fsdp) do not span processes (e.g. `data=1, fsdp=1, tensor=8` over two processes), each process
+  reads the whole batch, since `make_array_from_process_local_data` takes a process's rows to be
+  those of its devices.
+  """
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  held: dict[int, set[int]] = {}
+  for device, index in batch_sharding(mesh).devices_indices_map((shards,)).items():
+    held.setdefault(device.process_index, set()).add(index[0].start or 0)
+  parts = sorted({tuple(sorted(rows)) for rows in held.values()})
+  blocks = [tuple(range(p[0], p[0] + len(parts[0]))) for p in parts]
+  if parts != blocks or sum(map(len, parts)) != shards:
+    raise ValueError(f"mesh {dict(mesh.shape)}: the processes hold batch shards {parts}, not "
+                     "equal blocks of consecutive shards; choose mesh sizes whose batch axes "
+                     "(data, fsdp) split evenly over the processes, or not at all")
+  return parts.index(tuple(sorted(held[jax.process_index()]))), len(parts)

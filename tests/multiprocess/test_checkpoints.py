@@ -1,7 +1,8 @@
 """Checkpoints and stops across processes: a run saved by 2 processes resumes on 2 exactly as if
-it had never stopped, on 1 process of 8 devices, and a 1-process checkpoint on 2 (the in-memory
-pipelines' data state carries over; `tests/run/test_checkpointing.py` has the refusal for one
-that does not); SIGTERM to every process saves one step; a killed process stops the others."""
+it had never stopped, and on 1 process of 8 devices; a 1-process checkpoint resumes on 2, with
+FSDP across them (the in-memory pipelines' data state carries over; tests/run/
+test_checkpointing.py has the refusal for one that does not); SIGTERM to every process saves one
+step; a killed process stops the others."""
 
 from __future__ import annotations
 
@@ -56,10 +57,15 @@ def test_a_two_process_checkpoint_resumes_on_one_process(one_process, two_proces
                            _params(mp.checkpoint(work, 6))) <= 1e-5
 
 
-def test_a_one_process_checkpoint_resumes_on_two_processes(one_process, tmp_path):
+def test_a_one_process_checkpoint_resumes_on_two_processes_with_fsdp_across_them(one_process,
+                                                                               tmp_path):
+  # Onto another mesh too: the width of every parameter split over the 8 devices of both
+  # processes (FSDP), the batch over the fsdp axis.
   work = tmp_path / "work"
   mp.copy_run(one_process / "work", work, keep_steps=[3])
-  run = mp.start([*mp.TINY, f"--workdir={work}", "--config.mode=train"], tmp_path).check()
+  run = mp.start([*mp.TINY, f"--workdir={work}", "--config.mode=train", "--config.mesh.data=1",
+                  "--config.mesh.fsdp=8"], tmp_path).check()
+  assert "'fsdp': 8" in run.output(0)
   assert "data state of 1 process(es) resumed by 2: global batch 3" in run.output(1)
   one = mp.losses(one_process / "work")
   resumed = mp.losses(work)

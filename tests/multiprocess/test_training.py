@@ -56,14 +56,14 @@ def test_only_process_0_writes_the_run_files(two_processes):
   assert "Validation by evaluation length" not in (two_processes / "process_1.log").read_text()
 
 
-@pytest.mark.parametrize("mesh", ["fsdp", "tensor"])
-def test_sharding_across_processes_gives_the_same_losses(one_process, tmp_path, mesh):
-  # The 8 devices of one axis span both processes: parameters split along the width (fsdp) or
-  # the MLP's hidden units (tensor) over devices of different processes.
+def test_tensor_sharding_across_processes_gives_the_same_losses(one_process, tmp_path):
+  # The tensor axis spans all 8 devices of both processes: the MLP's hidden units are split over
+  # devices of different processes, and the batch is not split at all, so each process reads
+  # all of it (`sharding.batch_share`). FSDP across processes: test_checkpoints.py.
   work = tmp_path / "work"
   run = mp.start([*mp.TINY, f"--workdir={work}", "--config.mode=train", "--config.mesh.data=1",
-                  f"--config.mesh.{mesh}=8"], tmp_path).check()
-  assert f"'{mesh}': 8" in run.output(0)
+                  "--config.mesh.tensor=8"], tmp_path).check()
+  assert "'tensor': 8" in run.output(0)
   one, two = mp.losses(one_process / "work"), mp.losses(work)
   assert sorted(two) == sorted(one)
   for step in one:
