@@ -45,12 +45,6 @@ class _QuietLibraries(py_logging.Filter):
         part in record_.pathname for part in self.NOISY)
 
 
-def explicit_overrides(argv) -> list[str]:
-  """The config fields that `argv` sets with `--config.<field>=...` or `--config.<field> ...`."""
-  return [arg[len("--config."):].split("=", 1)[0] for arg in argv
-          if arg.startswith("--config.")]
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -60,14 +54,14 @@ def main(argv):
   config, workdir = _CONFIG.value, _WORKDIR.value
   allow = True if "all" in _ALLOW_CHANGES.value else tuple(_ALLOW_CHANGES.value)
   if config.mode in ("eval", "generate"):
-    config = record.for_workdir(workdir, config, overrides=explicit_overrides(sys.argv),
-                                allow_changes=allow)
+    overrides = config_flags.get_override_values(flags.FLAGS["config"])  # set explicitly
+    config = record.for_workdir(workdir, config, overrides=overrides, allow_changes=allow)
     if record.read_config(workdir) is None:
       metrics.log(f"warning: {workdir} has no {record.CONFIG_FILE} (a run from before run "
                   "records): using the config given on the command line as it is")
     else:
-      metrics.log(f"{config.mode}: the run recorded in {workdir} ({config.task}, "
-                  f"{config.model.pe}, trained at {config.data.seq_len} tokens)")
+      metrics.log(f"{config.mode}: the run recorded in {workdir} ({config.task} on "
+                  f"{config.data.name}, {config.model.pe})")
   if config.mode == "generate":  # continuations of config.generate.prompt from the checkpoint
     generate.run_from_config(config, workdir)
     return

@@ -97,3 +97,18 @@ def test_sigterm_saves_and_exits_0(tmp_path):
   assert "stopped on SIGTERM" in err
   steps = [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
   assert len(steps) == 1 and int(steps[0]) >= 2
+
+
+def test_an_algorithmic_run_trains_reports_and_evaluates_from_its_workdir(tmp_path):
+  trained = run_main("--config=configs/algorithmic.py:parity,alibi,tiny", f"--workdir={tmp_path}",
+                     "--config.train.steps=4", "--config.model.num_layers=1",
+                     "--config.eval.lengths=(2,12)")
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  assert "parity, alibi (trained on input lengths 1..8)" in trained.stdout
+  rows = (tmp_path / "algorithmic.csv").read_text().splitlines()
+  assert len(rows) == 3 and rows[0].startswith("problem,scheme,family")
+  # Evaluated from the workdir with another config file named: the run's record decides.
+  again = run_main("--config=configs/lm.py", f"--workdir={tmp_path}", "--config.mode=eval")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "the run recorded in" in again.stderr and "(algorithmic on parity, alibi)" in again.stderr
+  assert (tmp_path / "algorithmic.csv").read_text().splitlines() == rows
