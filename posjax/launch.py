@@ -17,6 +17,7 @@ passed on to every process (SIGTERM: they save one checkpoint, the same step, an
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import re
 import signal
@@ -53,14 +54,14 @@ def process_environment(index: int, processes: int, devices_per_process: int, po
   return env
 
 
-def _die_with_parent() -> None:
-  """In a child, before exec: killed if the launcher dies (Linux), so nothing is left behind."""
-  os.setsid()
+def _parent_death_signal():
+  """A function for `Popen(preexec_fn=...)` that has the child killed if the launcher dies
+  (Linux's PR_SET_PDEATHSIG; resolved here, so the child runs no Python but the call), or None."""
   try:
-    import ctypes  # pylint: disable=g-import-not-at-top
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
   except (OSError, AttributeError):
-    pass
+    return None
+  return lambda: prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
 
 
 def start(args: Sequence[str], *, processes: int, devices_per_process: int,
@@ -70,7 +71,8 @@ def start(args: Sequence[str], *, processes: int, devices_per_process: int,
   """Start `python -m module *args` as `processes` processes of one run; their `Popen`s.
 
   `stdout`/`stderr` are passed to `Popen` (a list gives one per process). Each process leads its
-  own process group (killing the group ends its data workers too).
+  own process group (killing the group ends its data workers too) and is killed if the launcher
+  dies.
   """
   if processes < 1 or devices_per_process < 1:
     raise ValueError(f"processes={processes}, devices_per_process={devices_per_process}: both "
@@ -84,7 +86,7 @@ def start(args: Sequence[str], *, processes: int, devices_per_process: int,
           env=process_environment(i, processes, devices_per_process, port, env),
           stdout=stdout[i] if isinstance(stdout, (list, tuple)) else stdout,
           stderr=stderr[i] if isinstance(stderr, (list, tuple)) else stderr,
-          preexec_fn=_die_with_parent))
+          start_new_session=True, preexec_fn=_parent_death_signal()))
   except BaseException:
     kill(started)
     raise
