@@ -150,7 +150,8 @@ def start(args: Sequence[str], logs: pathlib.Path, *, processes: int = 2,
           devices_per_process: int = 4, **env: str) -> Processes:
   """`python -m posjax.main *args` as `processes` processes of one run (logs under `logs`)."""
   logs.mkdir(parents=True, exist_ok=True)
-  files = [open(logs / f"process_{i}.log", "wb") for i in range(processes)]  # pylint: disable=consider-using-with
+  files = [open(logs / f"process_{i}.log", "wb")  # pylint: disable=consider-using-with
+           for i in range(processes)]
   try:
     popens = launch.start(list(args), processes=processes,
                           devices_per_process=devices_per_process, env=environment(**env),
