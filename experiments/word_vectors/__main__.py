@@ -13,8 +13,9 @@ Needs gensim (`pip install -e ".[wordvectors]"`). Steps:
    control for freezing), `w2v_frozen` and `w2v_tuned` (`model.word_vectors`, frozen or
    fine-tuned). Every run of a task has the same model, data, steps and seed set; only the
    token table's initialisation and trainability differ.
-3. `results.csv` (one row a run), `results.md` (mean ± std over seeds) and `curves.png`
-   (validation score against step, mean with a band of ± one std) in `--workdir`.
+3. `results.csv` (one row a run), `results.md` (mean ± std over seeds, and the paired difference
+   from `random` with the same seed) and `curves_<task>.png` (validation score against step,
+   the mean with a band of ± one std) in `--workdir`.
 A run whose results exist is not run again, so the study can be resumed or extended by seeds.
 """
 
@@ -29,6 +30,7 @@ from absl import app, flags
 CONDITIONS = {  # name: (use the vectors, freeze the token table)
     "random": (False, False), "random_frozen": (False, True),
     "w2v_frozen": (True, True), "w2v_tuned": (True, False)}
+VOCAB_SIZE = 4096  # the most frequent words (specials included); rarer ones are [UNK]
 SCORES = {"lm": ("eval/loss", "validation loss (nats/word)", "min"),
           "cls": ("eval/macro_f1", "validation macro-F1", "max")}
 
@@ -37,6 +39,7 @@ def task_config(task: str, dim: int, steps: int, **overrides):
   """The study's config of `task` (small sizes: see RESULTS.md), before the input layer."""
   from posjax.configs import load_config
   common = {"data.tokenizer": "word", "data.min_count": 3, "data.lowercase": True,
+            "data.vocab_size": VOCAB_SIZE,
             "model.dim": dim, "model.num_layers": 2, "model.num_heads": 4,
             "model.mlp_dim": 2 * dim, "train.steps": steps, "train.warmup_steps": steps // 10,
             "train.keep_checkpoints": 1, "mode": "train"}
@@ -44,12 +47,12 @@ def task_config(task: str, dim: int, steps: int, **overrides):
     config = load_config("configs/lm.py:rope", **common, **{
         "model.tie_embeddings": False, "data.seq_len": 64, "data.global_batch_size": 16,
         "train.learning_rate": 3e-3, "train.eval_every": steps // 4, "train.log_every": 50,
-        "train.checkpoint_every": steps, "eval.num_batches": 16, "eval.batch_size": 16,
+        "train.checkpoint_every": steps, "eval.num_batches": 8, "eval.batch_size": 16,
         "eval.length_multipliers": (1,)})
   elif task == "cls":
     config = load_config("configs/finetune_cls.py:rope", **common, **{
-        "data.seq_len": 192, "data.global_batch_size": 32, "data.max_per_work": 96,
-        "data.eval_max_per_work": 48,
+        "data.seq_len": 128, "data.global_batch_size": 16, "data.max_per_work": 96,
+        "data.eval_max_per_work": 32,
         "train.learning_rate": 1e-3, "train.eval_every": steps // 6, "train.log_every": 50,
         "train.checkpoint_every": steps // 6, "train.early_stopping_patience": 0,
         "eval.length_multipliers": (1,), "eval.batch_size": 64})
@@ -136,8 +139,21 @@ def run_one(task: str, condition: str, seed: int, workdir: str, vectors: str, *,
   return row
 
 
+def paired_difference(rows: list[dict], task: str, condition: str) -> str:
+  """`"mean ± std"` over seeds of (final score of `condition` − that of `random`, same seed):
+  the two runs share the data order and every parameter but the token table."""
+  import numpy as np
+  final = {(r["condition"], r["seed"]): r["final"] for r in rows if r["task"] == task}
+  diffs = [v - final[("random", seed)] for (c, seed), v in final.items()
+           if c == condition and ("random", seed) in final]
+  if not diffs or condition == "random":
+    return "—"
+  std = f" ± {np.std(diffs, ddof=1):.3f}" if len(diffs) > 1 else ""
+  return f"{np.mean(diffs):+.3f}{std}"
+
+
 def write_reports(rows: list[dict], workdir: str, info: dict) -> str:
-  """`results.csv`, `results.md` and `curves.png`; returns the Markdown path."""
+  """`results.csv`, `results.md` and `curves_<task>.png`; returns the Markdown path."""
   import numpy as np
 
   from posjax.evaluate import report
@@ -156,6 +172,7 @@ def write_reports(rows: list[dict], workdir: str, info: dict) -> str:
              f"best {label}": report.mean_std(s, "best")}
       if task == "cls":
         row["final accuracy"] = report.mean_std(s, "final_accuracy")
+      row["final − random, same seed"] = paired_difference(flat, task, s["condition"])
       row["seconds / run"] = f"{s['seconds']:.0f}"
       table.append(row)
     lines.append(f"## {task}: {label} (mean ± std over seeds)\n\n"
