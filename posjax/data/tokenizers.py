@@ -1,4 +1,5 @@
-"""Tokenizers: bytes by default, or a SentencePiece model trained on the training split.
+"""Tokenizers: bytes by default, a SentencePiece model trained on the training split, or whole
+words with a vocabulary from the training split (`posjax.data.word_tokenizer`).
 
 Every tokenizer has `encode(str) -> int32 [n]`, `decode(ids) -> str`, `vocab_size` and the special
 ids `pad_id` (padding, segment 0), `eos_id` (appended to every document) and `mask_id` (MLM).
