@@ -114,6 +114,7 @@ def evaluate_lengths(run: Run, state, lengths: Optional[Sequence[int]] = None, *
                        f"(sequences over data.max_position={d.max_position}): raise it")
   limit = table_limit(run.cfg)
   scorer = _make_scorer(run)
+  share, shares = sharding.batch_share(run.mesh)  # this process's part of each global batch
   rows = []
   for n in lengths:
     seq_len = algorithmic.sequence_length(d.name, n)
@@ -126,9 +127,9 @@ def evaluate_lengths(run: Run, state, lengths: Optional[Sequence[int]] = None, *
                    "examples": 0, "skipped": f"positions up to {highest} exceed the {run.cfg.pe} "
                                              f"table (max_len={limit})"})
       continue
-    batches = objective.batches(lengths=(n, n), batch_size=e.batch_size // jax.process_count(),
+    batches = objective.batches(lengths=(n, n), batch_size=e.batch_size // shares,
                                 seed=(e.seed, n), pad_to=eval_pad_length(seq_len, e.bucket),
-                                positions=positions, process_index=jax.process_index(),
+                                positions=positions, process_index=share,
                                 num_batches=num_batches)
     seq_right = tok_right = tok_total = examples = 0.0
     for host in batches:
