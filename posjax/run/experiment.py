@@ -57,7 +57,7 @@ class Run:
       self.peft = dataclasses.replace(self.peft, freeze_token_embedding=True)
     self.trainable = make_trainable(self.family, self.cfg, config.train, self.mesh,
                                     seed=config.seed, peft_config=self.peft,
-                                    loss=getattr(self.objective, "loss", None),  # its own, if any
+                                    loss=self.objective.loss,
                                     **self.objective.head_options())
     self.checkpointer = checkpointing.Checkpointer(
         workdir, keep=config.train.keep_checkpoints, best_metric=config.train.best_metric or None,

@@ -111,7 +111,7 @@ def make_eval_step(graphdef, *, predictions: bool = False) -> Callable:
 
 # ------------------------------------------------------------------------------------------------
 # Objectives with their own loss (several heads, each normalized by its own weight), e.g. BERT's
-# masked LM + next-sentence prediction (posjax.run.next_sentence). The loss object provides:
+# masked LM + next-sentence prediction (posjax.run.objectives.next_sentence). The loss object provides:
 #   forward(model, batch) -> outputs                 the model's outputs on a (micro-)batch
 #   sums(outputs, batch) -> {name: scalar}           sums over the batch's rows, additive
 #   normalizers(batch) -> {name: scalar}             totals over the WHOLE batch (e.g. weights)

@@ -16,7 +16,8 @@ from flax import nnx
 from posjax import models
 from posjax.configs import load_config
 from posjax.nn.heads import NextSentenceHead
-from posjax.run import next_sentence, sharding
+from posjax.run import sharding
+from posjax.run.objectives import next_sentence
 from posjax.run.trainable import make_trainable
 
 CFG = models.TransformerConfig(vocab_size=48, dim=32, num_layers=2, num_heads=4, mlp_dim=64,

@@ -24,8 +24,7 @@ import numpy as np
 
 from posjax import data
 from posjax.data import sentence_pairs
-from posjax.run import config as run_config
-from posjax.run.objectives import LengthResult
+from posjax.run.objectives.text import LengthResult, TextObjective, summed_evaluation
 from posjax.run.steps import token_losses
 
 TASK = "mlm+nsp"
@@ -64,27 +63,22 @@ class PretrainingLoss:
             f"{prefix}nsp_accuracy": sums["nsp_correct_sum"] / nsp}
 
 
-class MaskedLMAndNextSentence:
+class MaskedLMAndNextSentence(TextObjective):
   """`task=mlm+nsp` (`model.family=pretraining`): sentence pairs from `data.name`'s splits."""
 
   loss = PretrainingLoss()
 
   def __init__(self, config):
-    self.config = config
+    super().__init__(config)
     data.documents(config.data, "validation")  # an unknown or unreadable dataset fails here
     self._sentences: dict[tuple[str, str], sentence_pairs.Sentences] = {}
     self._last: Optional[tuple[Any, tuple[int, int], dict[str, float]]] = None
 
-  @property
-  def train_seq_len(self) -> int:
-    return self.config.data.seq_len
-
   def tokenizer(self) -> sentence_pairs.PairTokenizer:
-    return sentence_pairs.PairTokenizer(data.get_tokenizer(self.config.data))
+    return sentence_pairs.PairTokenizer(super().tokenizer())
 
   def problems(self, cfg, num_data_shards: int) -> list[str]:
-    del num_data_shards  # check_run checks the batch sizes
-    problems = run_config.window_problems(self.config, cfg)
+    problems = super().problems(cfg, num_data_shards)
     if self.config.data.seq_len < sentence_pairs.MIN_SEQ_LEN:
       problems.append(f"task={TASK} needs data.seq_len >= {sentence_pairs.MIN_SEQ_LEN} "
                       f"([CLS] A [SEP] B [SEP]), got {self.config.data.seq_len}")
@@ -92,9 +86,6 @@ class MaskedLMAndNextSentence:
       problems.append(f"task={TASK} gives the two segments token types 0 and 1: set "
                       f"model.num_token_types=2 (it is {cfg.num_token_types})")
     return problems
-
-  def head_options(self) -> dict:
-    return {}
 
   def sentences(self, split: str, tokenizer) -> sentence_pairs.Sentences:
     """The split's tokenized sentences (cached: validation reads them at every evaluation)."""
@@ -116,15 +107,7 @@ class MaskedLMAndNextSentence:
     key = (seq_len, num_batches)
     if self._last is not None and self._last[0] is state.params and self._last[1] == key:
       return self._last[2]
-    totals = dict.fromkeys(SUMS, 0.0)
-    batches = run.dataset("validation", seq_len, self.config.eval.batch_size, train=False)
-    for i, host_batch in enumerate(batches):
-      if num_batches and i >= num_batches:
-        break
-      out = jax.device_get(run.trainable.eval_step(state.params, state.rest,
-                                                   run.global_batch(host_batch)))
-      for k in totals:
-        totals[k] += float(out[k])
+    totals = summed_evaluation(run, state, seq_len, num_batches, SUMS)
     if totals["nsp_weight_sum"] == 0 or totals["mlm_weight_sum"] == 0:
       raise ValueError(f"the validation split has no sentence pair of {seq_len} tokens with a "
                        "masked token to evaluate")
