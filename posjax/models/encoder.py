@@ -52,7 +52,7 @@ class EncoderForMaskedLM(nnx.Module):
     return self.head(self.encoder(tokens_BL, positions_BL, segment_ids_BL, token_types_BL))
 
 
-class EncoderForPreTraining(nnx.Module):
+class EncoderForPreTraining(EncoderForMaskedLM):
   """Encoder + BERT's two pretraining heads (Devlin et al. 2019, section 3.1): the masked-LM head
   on every token and the next-sentence head on the pooled first token ([CLS]).
 
@@ -61,11 +61,7 @@ class EncoderForPreTraining(nnx.Module):
   """
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
-    self.config = cfg
-    self.encoder = Encoder(cfg, rngs=rngs)
-    self.head = MaskedLMHead(cfg.dim, cfg.vocab_size, embedding=self.encoder.embedding,
-                             norm=make_norm(cfg, rngs), activation="gelu",
-                             dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, rngs=rngs)
+    super().__init__(cfg, rngs=rngs)
     self.nsp = NextSentenceHead(cfg.dim, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
                                 rngs=rngs)
 
