@@ -7,6 +7,12 @@ rows of global batch k round-robin to the processes, so the k-th global batch ho
 whatever their number, and every process's state is the same `{"next_index": k}`. Such a state
 carries over to any process count. Any other (a streaming pipeline, where each process reads its
 own documents and packs its own rows) is refused with ProcessCountMismatch, which says why.
+
+Why not grain's own `grain.checkpoint.CheckpointHandler` (grain 0.2.18)? Its files have the same
+name and hold the same JSON, but it restores only into a live grain iterator (`set_state`, then
+`start_prefetch`), while a run restores its checkpoint before it builds the iterator; it knows only
+grain iterators (the algorithmic problems' example stream is not one); and it reads only the file
+of the current process count, so neither the carry-over above nor a clear refusal fits in it.
 """
 
 from __future__ import annotations
