@@ -34,6 +34,7 @@ from ml_collections import config_flags
 
 from posjax import configs
 from posjax.evaluate import algorithmic
+from posjax.run import distributed
 from posjax.run.experiment import Run
 from posjax.train import loop
 
@@ -87,6 +88,7 @@ def sweep(problems: Sequence[str], schemes: Sequence[str], workdir: str, *,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  distributed.single_process("experiments.algorithmic")  # before JAX is used
   f = flags.FLAGS
   sweep(f.problems, f.schemes, f.workdir, seeds=[int(s) for s in f.seeds],
         spec=config_flags.get_config_filename(f["config"]),

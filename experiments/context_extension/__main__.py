@@ -38,6 +38,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from posjax import configs
+from posjax.run import distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", configs.find_config_file("configs/lm.py") + ":rope",
@@ -115,6 +116,7 @@ def passkey_heatmaps(out_dir, run, target, methods, ft_scalings):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  distributed.single_process("experiments.context_extension")  # before JAX is used
   from posjax.evaluate import context_extension as ce
   from posjax.evaluate import extrapolation
   from posjax.run.experiment import Run

@@ -26,6 +26,8 @@ import os
 import numpy as np
 from absl import app, flags
 
+from posjax.run import distributed
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "The base run's directory.")
 _MULT = flags.DEFINE_list("multipliers", "1,4", "Prompt lengths, × data.seq_len.")
 _SCALINGS = flags.DEFINE_list("scalings", "none,dynamic,yarn",
@@ -93,6 +95,7 @@ def probe(call, tokenizer, length: int, trials: int) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  distributed.single_process("experiments.context_extension.passkey_probe")  # before JAX is used
   from posjax.evaluate import context_extension as ce
   from posjax.evaluate import extrapolation, report
   workdir = _WORKDIR.value

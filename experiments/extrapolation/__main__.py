@@ -58,6 +58,9 @@ def train_and_evaluate(config, workdir: str, **eval_kwargs):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from posjax.run import distributed
+  distributed.initialize_from_environment()  # one process of several, when launched so
+  import jax
   from posjax import encodings
   from posjax.evaluate import extrapolation
   unknown = [s for s in _SCHEMES.value if s not in encodings.names()]
@@ -77,8 +80,9 @@ def main(argv):
                                         stride_fraction=_STRIDE.value, num_tokens=_TOKENS.value))
   name = "comparison" + ("_" + os.path.basename(os.path.normpath(_TEXT.value)).split(".")[0]
                          if _TEXT.value else "")
-  paths = extrapolation.write_comparison(results, _WORKDIR.value, name=name)
-  print(open(paths["md"]).read(), flush=True)
+  if jax.process_index() == 0:  # every process has the same results; one writes them
+    paths = extrapolation.write_comparison(results, _WORKDIR.value, name=name)
+    print(open(paths["md"]).read(), flush=True)
 
 
 if __name__ == "__main__":

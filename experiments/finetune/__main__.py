@@ -28,6 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from posjax import configs
+from posjax.run import distributed
 
 CONFIGS = {"cls": "configs/finetune_cls.py", "ner": "configs/finetune_ner.py"}
 SCORE = {"cls": ("macro_f1", "macro-F1"), "ner": ("entity_f1", "entity F1")}
@@ -163,6 +164,7 @@ def sweep(workdir: str, schemes, methods, tasks, *, seeds=(0,), pretrain_overrid
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  distributed.single_process("experiments.finetune")  # before JAX is used
   f = flags.FLAGS
   path = sweep(f.workdir, f.schemes, f.methods, f.tasks, seeds=[int(s) for s in f.seeds],
                pretrain_overrides=config_flags.get_override_values(f["pretrain"]),

@@ -27,6 +27,8 @@ import time
 
 from absl import app, flags
 
+from posjax.run import distributed
+
 CONDITIONS = {  # name: (use the vectors, freeze the token table)
     "random": (False, False), "random_frozen": (False, True),
     "w2v_frozen": (True, True), "w2v_tuned": (True, False)}
@@ -225,6 +227,7 @@ def study(workdir: str, seeds, tasks, conditions, *, dim: int, steps: dict,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  distributed.single_process("experiments.word_vectors")  # before JAX is used
   path = study(_WORKDIR.value, _SEEDS.value, _TASKS.value, _CONDITIONS.value, dim=_DIM.value,
                steps={"lm": _LM_STEPS.value, "cls": _CLS_STEPS.value},
                w2v_epochs=_W2V_EPOCHS.value)

@@ -38,6 +38,7 @@ import os
 import re
 from typing import Optional, Sequence
 
+import jax
 import numpy as np
 
 from posjax import data
@@ -330,6 +331,8 @@ def run_extrapolation(workdir: str, config=None, *, out_dir: Optional[str] = Non
   if out_dir is None:
     suffix = "_" + re.sub(r"[^A-Za-z0-9]+", "_", result.data).strip("_") if result.data else ""
     out_dir = os.path.join(workdir, "extrapolation" + suffix)
+  if jax.process_index() != 0:  # every process has the same result; one writes it
+    return result, {}
   return result, write_report(result, out_dir)
 
 

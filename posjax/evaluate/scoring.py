@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental.multihost_utils import process_allgather
 
 from posjax import encodings, models
 from posjax.run import checkpointing, sharding, steps
@@ -141,12 +142,10 @@ def make_scorer(run: RunModel, *, attention_backend: Optional[str] = "chunked",
   `cfg_changes` are `TransformerConfig` fields that leave the parameters unchanged (e.g.
   `pe_options` with a RoPE scaling). `attention_backend` (default `chunked`, memory-safe at any
   length; None keeps the run's) replaces the run's backend. `tokens_per_batch` defaults to
-  `eval.batch_size × data.seq_len`, so long windows go a few rows at a time. One process only:
-  every process would feed the same windows, so several processes are refused.
+  `eval.batch_size × data.seq_len`, so long windows go a few rows at a time. With several
+  processes, every process scores the same windows: each feeds its share of every batch
+  (`sharding.batch_share`) and gets back the whole batch's scores.
   """
-  if jax.process_count() > 1:
-    raise NotImplementedError("length evaluation runs in one process; on a multi-host mesh, run "
-                              "it on one host (e.g. a single-host mesh of the same parameters)")
   if attention_backend is not None:
     cfg_changes["attention_backend"] = attention_backend
   cfg = run.cfg.replace(**cfg_changes)
@@ -167,8 +166,17 @@ def make_scorer(run: RunModel, *, attention_backend: Optional[str] = "chunked",
 
   mesh = run.run.mesh
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  share, shares = sharding.batch_share(mesh)
   if tokens_per_batch is None:
     tokens_per_batch = run.config.eval.batch_size * run.train_len
-  return Scorer(lambda batch: step_fn(run.params, run.rest, batch),
-                tokens_per_batch=tokens_per_batch, shards=shards,
-                place=lambda batch: sharding.global_batch(batch, mesh))
+
+  def place(batch):  # this process's rows of the global batch
+    rows = len(batch["inputs"]) // shares
+    return sharding.global_batch({k: v[share * rows:(share + 1) * rows] for k, v in batch.items()},
+                                 mesh)
+
+  def score(batch):
+    out = step_fn(run.params, run.rest, batch)
+    return process_allgather(out, tiled=True) if jax.process_count() > 1 else out
+
+  return Scorer(score, tokens_per_batch=tokens_per_batch, shards=shards, place=place)

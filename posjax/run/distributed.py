@@ -147,3 +147,14 @@ def _exit_at_once_on_errors() -> None:
     os._exit(1)  # pylint: disable=protected-access  (skips the shutdown barrier, see above)
 
   sys.excepthook = excepthook
+
+
+def single_process(program: str, env: Mapping[str, str] = os.environ) -> None:
+  """For the programs that run as one process only (each process would write the same files):
+  join the run the environment describes, and stop with a clear message if it has several."""
+  initialize_from_environment(env)
+  import jax  # pylint: disable=g-import-not-at-top  (after the distributed runtime starts)
+  if jax.process_count() > 1:
+    raise SystemExit(f"{program} runs as one process, but this is process "
+                     f"{jax.process_index()} of {jax.process_count()} ({cluster_found(env)}): run "
+                     f"it without the launcher, or with {SWITCH}=off")

@@ -147,14 +147,15 @@ class Processes:
 
 
 def start(args: Sequence[str], logs: pathlib.Path, *, processes: int = 2,
-          devices_per_process: int = 4, **env: str) -> Processes:
-  """`python -m posjax.main *args` as `processes` processes of one run (logs under `logs`)."""
+          devices_per_process: int = 4, module: str = "posjax.main", **env: str) -> Processes:
+  """`python -m module *args` as `processes` processes of one run (logs under `logs`)."""
   logs.mkdir(parents=True, exist_ok=True)
   files = [open(logs / f"process_{i}.log", "wb")  # pylint: disable=consider-using-with
            for i in range(processes)]
   try:
     popens = launch.start(list(args), processes=processes,
-                          devices_per_process=devices_per_process, env=environment(**env),
+                          devices_per_process=devices_per_process, module=module,
+                          env=environment(**env),
                           cwd=str(ROOT), stdout=files, stderr=subprocess.STDOUT)
   finally:
     for f in files:
@@ -162,13 +163,14 @@ def start(args: Sequence[str], logs: pathlib.Path, *, processes: int = 2,
   return Processes(popens, [logs / f"process_{i}.log" for i in range(processes)])
 
 
-def single(args: Sequence[str], logs: pathlib.Path, *, devices: int = 8, **env: str) -> Processes:
-  """`python -m posjax.main *args` as one process on `devices` CPU devices."""
+def single(args: Sequence[str], logs: pathlib.Path, *, devices: int = 8,
+           module: str = "posjax.main", **env: str) -> Processes:
+  """`python -m module *args` as one process on `devices` CPU devices."""
   logs.mkdir(parents=True, exist_ok=True)
   env = environment(**env)
   env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} {launch.DEVICE_COUNT_FLAG}={devices}".strip()
   with open(logs / "single.log", "wb") as f:
-    popen = subprocess.Popen([sys.executable, "-m", "posjax.main", *args], cwd=str(ROOT),
+    popen = subprocess.Popen([sys.executable, "-m", module, *args], cwd=str(ROOT),
                              env=env, stdout=f, stderr=subprocess.STDOUT)
   return Processes([popen], [logs / "single.log"])
 
