@@ -40,6 +40,7 @@ from experiments.bench import report as report_lib
 from experiments.bench import timing
 from posjax import configs, models
 from posjax.nn import attention_core
+from posjax.run.config import model_config
 
 DIRECTIONS = {"causal": "decoder", "bidirectional": "mlm"}
 BACKENDS = ("xla", "chunked")
@@ -49,13 +50,8 @@ COLUMNS = ("kind", "direction", "seq_len", "batch", "backend", "auto", "ms", "cp
 
 def default_model_config(backend: str, pe: str = "rope") -> models.TransformerConfig:
   """`configs/lm.py`'s model with a byte vocabulary and the given attention backend."""
-  values = dict(configs.load_config("configs/lm.py").model.to_dict())
-  values.pop("family")
-  values = {k: (None if v == 0 and k in ("num_kv_heads", "mlp_dim", "head_dim") else v)
-            for k, v in values.items()}
-  values.update(vocab_size=values["vocab_size"] or 256, pe=pe, pe_options={},
-                attention_backend=backend)
-  return models.TransformerConfig.from_dict(values)
+  cfg = model_config(configs.load_config("configs/lm.py"), vocab_size=256)
+  return cfg.replace(pe=pe, pe_options={}, attention_backend=backend)
 
 
 def _loss_fn(graphdef, rest):
