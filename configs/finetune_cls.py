@@ -56,15 +56,7 @@ def get_config(arg=None):
       pooling="mean",                 # mean over the passage's tokens, or cls (the first token)
       representation_layer=False,     # an extra dense + tanh layer between encoder and head
   )
-  config.peft = dict(
-      method=methods[-1] if methods else "full",  # posjax.nn.peft.METHODS
-      freeze_layers=2,                # freeze_bottom: the bottom k blocks (and embeddings) frozen
-      lora_rank=8,
-      lora_alpha=16.0,
-      lora_targets="query,value",     # among query, key, value, out, wi, wg, wo
-      adapter_dim=16,                 # bottleneck width of each adapter
-      prompt_length=16,               # soft-prompt vectors
-  )
+  config.peft.method = methods[-1] if methods else "full"  # the rest: configs/lm.py
   config.train.update(
       steps=300, warmup_steps=30,
       learning_rate=LEARNING_RATES[config.peft.method],
@@ -74,10 +66,8 @@ def get_config(arg=None):
       best_metric="eval/macro_f1",    # the best checkpoint by this is kept and reported
       best_mode="max",
       early_stopping_patience=3,
-      init_from="",                   # the MLM pretraining run (workdir or checkpoint)
-      init_from_hf="",                # or a Hugging Face BERT directory (config.json, weights,
-                                      # vocab.txt): its model config and WordPiece vocabulary
-                                      # replace config.model and data.tokenizer
+      init_from="",                   # the MLM pretraining run (workdir or checkpoint), or
+                                      # set init_from_hf (configs/lm.py)
   )
   config.eval.update(length_multipliers=(1, 2, 4), batch_size=32, num_batches=0)
   if "tiny" in words:

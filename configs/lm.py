@@ -106,6 +106,19 @@ def get_config(arg=None):
       best_mode="min",                # min (loss-like best_metric) or max (accuracy-like)
       early_stopping_patience=0,      # evaluations without improvement before stopping (0: off)
       init_from="",                   # a checkpoint directory: parameters only (fine-tuning)
+      init_from_hf="",                # or a Hugging Face BERT directory (config.json, weights,
+                                      # vocab.txt): its model config and WordPiece vocabulary
+                                      # replace config.model and data.tokenizer
+  ))
+
+  config.peft = ml_collections.ConfigDict(dict(  # which parameters train (posjax.nn.peft)
+      method="full",                  # one of posjax.nn.peft.METHODS; full: all of them
+      freeze_layers=2,                # freeze_bottom: the bottom k blocks (and embeddings) frozen
+      lora_rank=8,
+      lora_alpha=16.0,
+      lora_targets="query,value",     # among query, key, value, out, wi, wg, wo
+      adapter_dim=16,                 # bottleneck width of each adapter
+      prompt_length=16,               # soft-prompt vectors
   ))
 
   config.eval = ml_collections.ConfigDict(dict(

@@ -73,12 +73,12 @@ def inside_map(label_names: tuple[str, ...]) -> dict[int, int]:
 
 
 def _catalog_passages(data_config, split: str, kind: str) -> Passages:
-  name = sources.config_value(data_config, "name", "")
-  data_dir = sources.config_value(data_config, "data_dir", "") or None
-  text_key = sources.config_value(data_config, "text_key", "text")
-  label_key = sources.config_value(data_config, "label_key", "label")
-  tokens_key = sources.config_value(data_config, "tokens_key", "tokens")
-  tags_key = sources.config_value(data_config, "tags_key", "tags")
+  name = data_config.name
+  data_dir = data_config.data_dir or None
+  text_key = data_config.text_key
+  label_key = data_config.label_key
+  tokens_key = data_config.tokens_key
+  tags_key = data_config.tags_key
   required = (dict(text_key=text_key, label_key=label_key) if kind == "sequence"
               else dict(tokens_key=tokens_key, tags_key=tags_key))
   records, features = sources.catalog_source(name, split, data_dir=data_dir, required=required)
@@ -106,14 +106,14 @@ def _catalog_passages(data_config, split: str, kind: str) -> Passages:
 
 def load_passages(data_config, split: str, *, kind: str, seq_len: Optional[int] = None) -> Passages:
   """The labelled examples of `split` (see the module docstring); `kind` is sequence or token."""
-  name = sources.config_value(data_config, "name", "")
+  name = data_config.name
   if name in EMBEDDED:
     expected, build = EMBEDDED[name]
     if expected != kind:
       raise ValueError(f"data.name={name} is a {expected}-labelling set, but the task needs "
                        f"{kind} labels: use {'task=classify' if expected == 'sequence' else 'task=tag'}")
-    key = "max_per_work" if split == "train" else "eval_max_per_work"
-    limit = int(sources.config_value(data_config, key, 0)) or None
+    limit = int(data_config.max_per_work if split == "train"
+                else data_config.eval_max_per_work) or None
     max_chars = (seq_len or data_config.seq_len) - 1  # room for the CLS token
     return build(split, max_chars=max_chars, max_per_work=limit)
   if name in sources.SOURCE_NAMES:

@@ -125,15 +125,15 @@ def make_lm_dataset(data_config, *, split: str, seq_len: int, batch_size: int, t
   if batch_size < 1 or seq_len < 1:
     raise ValueError(f"batch_size and seq_len must be positive, got {batch_size} and {seq_len}")
   if seed is None:
-    seed = int(sources.config_value(data_config, "seed", 0))
+    seed = int(data_config.seed)
   if streaming is None:
-    streaming = sources.config_value(data_config, "streaming", None)
+    streaming = data_config.streaming
   if streaming is None:
-    name = sources.config_value(data_config, "name", "shakespeare")
+    name = data_config.name
     streaming = name not in sources.SOURCE_NAMES
   if documents is None:
     documents = sources.documents(data_config, split)
-  num_threads = max(1, int(sources.config_value(data_config, "num_workers", 0)))
+  num_threads = max(1, int(data_config.num_workers))
   options = dict(seq_len=seq_len, batch_size=batch_size, seed=seed, shuffle=shuffle,
                  repeat=repeat, process_index=process_index, process_count=process_count,
                  drop_remainder=drop_remainder, shift=0 if mlm else 1,
@@ -143,7 +143,7 @@ def make_lm_dataset(data_config, *, split: str, seq_len: int, batch_size: int, t
   if mlm:
     probability = mlm_probability
     if probability is None:
-      probability = float(sources.config_value(data_config, "mlm_probability", 0.15))
+      probability = float(data_config.mlm_probability)
     mask = masking.MaskBatch(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
                              special_ids=tokenizer.special_ids, probability=probability)
   passkey = None

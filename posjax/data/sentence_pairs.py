@@ -251,7 +251,7 @@ def make_pair_dataset(data_config, *, split: str, seq_len: int, batch_size: int,
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
   if seed is None:
-    seed = int(sources.config_value(data_config, "seed", 0))
+    seed = int(data_config.seed)
   if sentences is None:
     sentences = tokenize_sentences(sources.documents(data_config, split), tokenizer)
   maker = PairMaker(sentences, seq_len=seq_len, cls_id=tokenizer.cls_id,
@@ -274,11 +274,11 @@ def make_pair_dataset(data_config, *, split: str, seq_len: int, batch_size: int,
   dataset = dataset.random_map(maker, seed=(seed ^ _PAIR_SEED_SALT) % 2**31)
   dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
   if mlm_probability is None:
-    mlm_probability = float(sources.config_value(data_config, "mlm_probability", 0.15))
+    mlm_probability = float(data_config.mlm_probability)
   dataset = dataset.random_map(
       masking.MaskBatch(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
                         special_ids=tokenizer.special_ids, probability=mlm_probability),
       seed=(seed ^ _MASK_SEED_SALT) % 2**31)
-  num_threads = max(1, int(sources.config_value(data_config, "num_workers", 0)))
+  num_threads = max(1, int(data_config.num_workers))
   return iter(dataset.to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)))

@@ -3,7 +3,7 @@
 `config.data.name` picks one:
 
 - `shakespeare` (default): the embedded corpus through its TFDS builder (`tfds_shakespeare`),
-  prepared offline in array_record under `config.data.data_dir` (when the config has that field)
+  prepared offline in array_record under `config.data.data_dir` (when set)
   or `tfds_shakespeare.default_data_dir()`. One document per work; splits train / validation /
   test as listed in `posjax.data.shakespeare`.
 - `text`: `config.data.path`, a `.txt` file or a folder of them (searched recursively, UTF-8).
@@ -28,13 +28,6 @@ from typing import Mapping, Sequence
 
 SOURCE_NAMES = ("shakespeare", "text")
 TEXT_VALIDATION_FRACTION = 0.1
-
-
-def config_value(data_config, key: str, default):
-  """`data_config.key` if the config has it (ConfigDict or dict), else `default`."""
-  getter = getattr(data_config, "get", None)
-  value = getter(key, default) if getter else getattr(data_config, key, default)
-  return default if value is None else value
 
 
 def _unknown_name_error(name: str) -> ValueError:
@@ -176,15 +169,15 @@ def catalog_documents(name: str, split: str, *, text_key: str = "text",
 
 def documents(data_config, split: str) -> Sequence[str]:
   """The documents of `split` for `config.data` (a random-access sequence of str)."""
-  name = config_value(data_config, "name", "shakespeare")
-  data_dir = config_value(data_config, "data_dir", "") or None
+  name = data_config.name
+  data_dir = data_config.data_dir or None
   if name == "shakespeare":
     return shakespeare_documents(split, data_dir)
   if name == "text":
-    return text_documents(config_value(data_config, "path", ""), split)
+    return text_documents(data_config.path, split)
   if not name or not isinstance(name, str):
     raise _unknown_name_error(name)
-  return catalog_documents(name, split, text_key=config_value(data_config, "text_key", "text"),
+  return catalog_documents(name, split, text_key=data_config.text_key,
                            data_dir=data_dir)
 
 

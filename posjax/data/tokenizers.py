@@ -137,8 +137,8 @@ def get_tokenizer(data_config, train_texts: Sequence[str] | None = None, *,
   `~/.cache/posjax/tokenizers`), keyed by a hash of the texts and options, so every host and every
   later run gets the same model.
   """
-  from posjax.data.sources import config_value, documents
-  name = config_value(data_config, "tokenizer", "byte")
+  from posjax.data.sources import documents
+  name = data_config.tokenizer
   if name == "byte":
     return ByteTokenizer()
   if name not in TOKENIZER_NAMES:
@@ -146,7 +146,7 @@ def get_tokenizer(data_config, train_texts: Sequence[str] | None = None, *,
   if name == "word":  # whole words, vocabulary from the training split (no cache: fast)
     from posjax.data import word_tokenizer
     return word_tokenizer.from_config(data_config, train_texts)
-  vocab_size = int(config_value(data_config, "vocab_size", 0))
+  vocab_size = int(data_config.vocab_size)
   if vocab_size <= 0:
     raise ValueError(f"tokenizer={name} needs config.data.vocab_size > 0 (e.g. 4096)")
   model_type = "bpe" if name == "bpe" else "unigram"

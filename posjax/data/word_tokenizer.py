@@ -157,7 +157,7 @@ def training_texts(data_config) -> Sequence[str]:
   """The texts a word vocabulary is built from: the training split of `config.data`; for the
   embedded labelled sets, the whole texts of the task's training works (never a held-out one)."""
   from posjax.data import shakespeare, shakespeare_tasks, sources
-  name = sources.config_value(data_config, "name", "shakespeare")
+  name = data_config.name
   if name == "shakespeare_genre":
     return [shakespeare.texts()[w] for w in shakespeare_tasks.genre_split_works("train")]
   if name == "shakespeare_characters":
@@ -168,10 +168,9 @@ def training_texts(data_config) -> Sequence[str]:
 def from_config(data_config, train_texts: Sequence[str] | None = None) -> WordTokenizer:
   """`WordTokenizer.build` with `config.data`'s options (min_count, lowercase, vocab_size as the
   cap, truncation) on `train_texts` (default: `training_texts(data_config)`)."""
-  from posjax.data.sources import config_value
   texts = training_texts(data_config) if train_texts is None else train_texts
   return WordTokenizer.build(
-      texts, min_count=int(config_value(data_config, "min_count", 1)),
-      max_size=int(config_value(data_config, "vocab_size", 0)),
-      lowercase=bool(config_value(data_config, "lowercase", True)),
-      truncation=config_value(data_config, "truncation", "end"))
+      texts, min_count=int(data_config.min_count),
+      max_size=int(data_config.vocab_size),
+      lowercase=bool(data_config.lowercase),
+      truncation=data_config.truncation)

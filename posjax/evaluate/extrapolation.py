@@ -248,8 +248,7 @@ def evaluate_lengths(run: RunModel, multipliers: Sequence[float] = DEFAULT_MULTI
 
 def describe_data(data_config) -> str:
   """A data config as a report names it: `shakespeare`, or `text:/path/to/file.txt`."""
-  path = data_config.get("path", "") if hasattr(data_config, "get") else ""
-  return f"{data_config.name}:{path}" if path else str(data_config.name)
+  return f"{data_config.name}:{data_config.path}" if data_config.path else str(data_config.name)
 
 
 def position_rows(result: ExtrapolationResult) -> list[dict]:

@@ -350,21 +350,17 @@ def split_prompts(text: str) -> list[str]:
 
 def run_from_config(config, workdir: str) -> list[str]:
   """`mode=generate`: print the continuation of each of `config.generate.prompt`'s prompts."""
-  gen = config.get("generate") or {}
-  options: dict[str, Any] = dict(prompt="\n", max_new_tokens=100, temperature=0.0, top_k=0,
-                                 top_p=1.0, seed=0, stop="")
-  options.update({k: gen[k] for k in gen.keys()} if gen else {})
-  unknown = sorted(set(options) - {"prompt", "max_new_tokens", "temperature", "top_k", "top_p",
-                                   "seed", "stop"})
-  if unknown:
-    raise ValueError(f"unknown config.generate field(s) {unknown}")
+  gen = config.generate  # declared in configs/lm.py
+  if gen.max_new_tokens < 1 or gen.temperature < 0 or gen.top_k < 0 or not 0 < gen.top_p <= 1:
+    raise ValueError(f"config.generate needs max_new_tokens ≥ 1, temperature ≥ 0, top_k ≥ 0 and "
+                     f"0 < top_p ≤ 1; got {gen.max_new_tokens}, {gen.temperature}, {gen.top_k}, "
+                     f"{gen.top_p}")
   run = _run(config, workdir)
   model = _model_from(run)
-  prompts = split_prompts(options["prompt"])
-  texts = generate_text(model, run.tokenizer, prompts,
-                        max_new_tokens=options["max_new_tokens"],
-                        temperature=options["temperature"], top_k=options["top_k"],
-                        top_p=options["top_p"], seed=options["seed"], stop=options["stop"])
+  prompts = split_prompts(gen.prompt)
+  texts = generate_text(model, run.tokenizer, prompts, max_new_tokens=gen.max_new_tokens,
+                        temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p,
+                        seed=gen.seed, stop=gen.stop)
   step = run.checkpointer.latest_step()
   for i, (prompt, text) in enumerate(zip(prompts, texts)):
     if jax.process_index() != 0:  # every process generates the same text; one prints it

@@ -40,7 +40,7 @@ class Run:
     self.config, self.workdir = config, workdir
     self.changes = record.check(workdir, config, allow_changes=allow_changes)
     self.objective = objectives.for_config(config)
-    self.hf_dir = config.train.init_from_hf if "init_from_hf" in config.train else ""
+    self.hf_dir = config.train.init_from_hf
     if self.hf_dir:  # fine-tuning a Hugging Face BERT: its config and vocabulary
       self.tokenizer, self.cfg = pretrained.hf_backbone(config.model, self.hf_dir)
     else:
@@ -50,7 +50,7 @@ class Run:
     shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     check_run(config, dict(self.mesh.shape), self.objective.problems(self.cfg, shards))
     self.family = config.model.family
-    self.peft = peft.PeftConfig.from_config(config.peft if "peft" in config else {})
+    self.peft = peft.PeftConfig.from_config(config.peft)
     self.peft.validate(self.cfg.num_layers)
     self.word_vectors = word_vectors.options(config)  # model.word_vectors (None: not used)
     if self.word_vectors is not None and self.word_vectors.freeze:

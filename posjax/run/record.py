@@ -29,6 +29,8 @@ from typing import Any, Iterable, Optional, Union
 
 import ml_collections
 
+from posjax import configs
+
 CONFIG_FILE = "config.json"
 PROVENANCE_FILE = "provenance.json"
 
@@ -71,19 +73,32 @@ def _is_neutral(value: Any) -> bool:
   return value is None or (isinstance(value, (str, int, float, list, dict)) and not value)
 
 
+_BASE: dict[str, Any] = {}
+
+
+def _is_added_default(name: str, value: Any) -> bool:
+  """Whether a field a record lacks holds what the record's run did without it: a neutral value,
+  or the value the base config (configs/lm.py) declares, e.g. `peft.method="full"`."""
+  if _is_neutral(value):
+    return True
+  if not _BASE:
+    _BASE.update(_flatten(configs.load_config("lm.py")))
+  return name in _BASE and _BASE[name] == value
+
+
 def differences(recorded: Any, config: Any, *, ignore: Iterable[str] = RUN_OPTIONS) -> list[str]:
   """`"field: recorded → given"` for each training field where the two configs differ.
 
-  A field the record lacks at its neutral value (off, empty or zero) is no difference:
-  the record predates the field, which posjax adds switched off (a new option may only change
-  what a run trains when it is set)."""
+  A field the record lacks at its neutral value (off, empty or zero), or at the base config's
+  value, is no difference: the record predates the field, which posjax adds switched off (a new
+  option may only change what a run trains when it is set)."""
   old, new = _flatten(recorded), _flatten(config)
   ignore = tuple(ignore)
   lines = []
   for name in sorted(set(old) | set(new)):
     if _covered(name, ignore) or old.get(name, "<absent>") == new.get(name, "<absent>"):
       continue
-    if name not in old and _is_neutral(new[name]):
+    if name not in old and _is_added_default(name, new[name]):
       continue
     lines.append(f"{name}: {json.dumps(old.get(name, '<absent>'))} (run) → "
                  f"{json.dumps(new.get(name, '<absent>'))} (given)")
@@ -153,10 +168,11 @@ def for_workdir(workdir: str | os.PathLike, given: Any, *, overrides: Iterable[s
 
 
 def added_since(recorded: Any, given: Any) -> list[str]:
-  """The fields of `given` that the record lacks (it predates them), at neutral values."""
+  """The fields of `given` that the record lacks (it predates them), at the values the run had
+  without them (`_is_added_default`)."""
   old = _flatten(recorded)
   return [name for name, value in _flatten(given).items()
-          if name not in old and _is_neutral(value)]
+          if name not in old and _is_added_default(name, value)]
 
 
 def _copy_field(source: Any, target: ml_collections.ConfigDict, dotted: str) -> None:

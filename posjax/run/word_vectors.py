@@ -53,9 +53,7 @@ def options(config) -> Optional[Options]:
   """The word-vector options of `config.model` (None without `model.word_vectors`); raises on
   an inconsistent config."""
   model = config.model
-  get = lambda key, default: model[key] if key in model else default
-  path = get("word_vectors", "") or ""
-  freeze = bool(get("freeze_word_vectors", False))
+  path, freeze = model.word_vectors, bool(model.freeze_word_vectors)
   if not path:
     if freeze:
       raise ValueError("model.freeze_word_vectors=True needs model.word_vectors=PATH (to freeze "
@@ -63,19 +61,19 @@ def options(config) -> Optional[Options]:
     return None
   problems = []
   train = config.train
-  if (train.get("init_from", "") or "") or (train.get("init_from_hf", "") or ""):
+  if train.init_from or train.init_from_hf:
     problems.append("model.word_vectors and train.init_from / init_from_hf both set the token "
                     "embedding: use one of them")
-  file_format = get("word_vectors_format", "auto")
+  file_format = model.word_vectors_format
   if file_format not in word_vectors.FORMATS:
     problems.append(f"model.word_vectors_format={file_format!r}: choose one of "
                     f"{word_vectors.FORMATS}")
-  std = float(get("word_vectors_std", INIT_STD))
+  std = float(model.word_vectors_std)
   if std < 0:
     problems.append(f"model.word_vectors_std={std} must be positive (or 0: the file's scale)")
   if problems:
     raise ValueError("; ".join(problems))
-  return Options(path, file_format, bool(get("word_vectors_lowercase", True)), std, freeze)
+  return Options(path, file_format, bool(model.word_vectors_lowercase), std, freeze)
 
 
 def check(opts: Options, tokenizer, dim: int) -> None:

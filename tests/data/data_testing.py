@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from posjax.configs import load_config
+
 
 class IntTokenizer:
   """A test tokenizer: a document is space-separated integers, each a token id.
@@ -29,3 +31,13 @@ def int_documents(lengths, start=3):
     docs.append(" ".join(str(i) for i in range(next_id, next_id + n)))
     next_id += n
   return docs
+
+
+def data_config(config_file: str = "lm.py", **fields):
+  """`config.data` as `config_file` declares it, with `fields` set (each must be declared)."""
+  config = load_config(config_file).data
+  for name, value in fields.items():
+    if name not in config:
+      raise KeyError(f"{config_file} declares no data.{name}")
+    config[name] = value
+  return config

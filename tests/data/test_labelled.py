@@ -2,13 +2,14 @@
 
 import importlib.util
 
-import ml_collections
 import numpy as np
 import pytest
 
 from posjax.data import labelled
 from posjax.data.shakespeare_tasks import Passages
 from posjax.data.tokenizers import ByteTokenizer
+
+from data_testing import data_config
 
 NAMES = ("O", "B-LOC", "I-LOC")
 
@@ -81,7 +82,7 @@ def test_processes_get_disjoint_rows_and_state_resumes():
 
 
 def test_input_errors():
-  config = ml_collections.ConfigDict(dict(name="shakespeare_genre", seq_len=64))
+  config = data_config("finetune_cls.py", seq_len=64)
   with pytest.raises(ValueError, match="task=classify"):
     labelled.load_passages(config, "train", kind="token")
   config.name = "shakespeare"
@@ -99,8 +100,7 @@ def test_input_errors():
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None,
                     reason="with TensorFlow installed, preparing would try the network")
 def test_catalog_sets_offline_say_what_to_do(tmp_path):
-  config = ml_collections.ConfigDict(dict(name="imdb_reviews", text_key="text",
-                                          label_key="label", data_dir=str(tmp_path)))
+  config = data_config("finetune_cls.py", name="imdb_reviews", data_dir=str(tmp_path))
   with pytest.raises(RuntimeError, match="not prepared.*tfds build imdb_reviews"):
     labelled.load_passages(config, "train", kind="sequence")
   config.label_key = "sentiment"  # said before anything is prepared

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 
-import ml_collections
 import numpy as np
 import pytest
 
 from posjax import data
 
-from data_testing import IntTokenizer, int_documents
+from data_testing import IntTokenizer, data_config, int_documents
 
-CONFIG = ml_collections.ConfigDict(dict(name="shakespeare", seed=0, mlm_probability=0.15))
+CONFIG = data_config()
 LENGTHS = [3, 40, 17, 8, 2, 1, 25, 9, 16, 5, 33, 4]  # some longer than L + 1, many shorter
 
 
@@ -137,7 +136,7 @@ def test_evaluation_windows_are_non_overlapping_and_cover_the_text():
 
 
 def test_evaluation_lengths_score_the_same_validation_text(tfds_dir):
-  config = ml_collections.ConfigDict(dict(name="shakespeare", data_dir=tfds_dir, seed=0))
+  config = data_config(data_dir=tfds_dir)
   tokenizer = data.get_tokenizer(config)
   texts = data.load_texts(config, "validation")
   total = sum(len(t.encode("utf-8")) for t in texts)  # + eos - the first token, per work
@@ -196,8 +195,7 @@ def test_streaming_processes_see_disjoint_documents_that_make_up_the_whole():
 
 
 def test_catalog_names_stream_by_default(tfds_dir):
-  config = ml_collections.ConfigDict(dict(name="posjax_shakespeare", data_dir=tfds_dir, seed=0,
-                                          text_key="text"))
+  config = data_config(name="posjax_shakespeare", data_dir=tfds_dir)
   tokenizer = data.ByteTokenizer()
   iterator = data.make_lm_dataset(config, split="validation", seq_len=64, batch_size=4,
                                   tokenizer=tokenizer)
@@ -210,8 +208,8 @@ def test_passkey_mixture_replaces_training_rows_deterministically():
   from posjax.data import passkey
   tok = data.ByteTokenizer()
   def batches(fraction, seed=0):
-    it = data.make_lm_dataset({"name": "shakespeare", "seed": seed}, split="train", seq_len=128,
-                         batch_size=64, tokenizer=tok, passkey_fraction=fraction)
+    it = data.make_lm_dataset(data_config(seed=seed), split="train", seq_len=128,
+                              batch_size=64, tokenizer=tok, passkey_fraction=fraction)
     return [next(it) for _ in range(4)]
   plain, mixed, again = batches(0.0), batches(0.25), batches(0.25)
   question = tok.encode(passkey.QUESTION)
@@ -228,5 +226,5 @@ def test_passkey_mixture_replaces_training_rows_deterministically():
         prompts += 1
   assert prompts + kept == 256 and 0.15 < prompts / 256 < 0.35
   with pytest.raises(ValueError, match="not into masked-LM or streamed ones"):
-    data.make_lm_dataset({"name": "shakespeare"}, split="train", seq_len=128, batch_size=4,
+    data.make_lm_dataset(CONFIG, split="train", seq_len=128, batch_size=4,
                          tokenizer=tok, passkey_fraction=0.1, mlm=True)

@@ -9,6 +9,8 @@ import pytest
 from posjax.data import sentence_pairs as sp
 from posjax.data.tokenizers import ByteTokenizer
 
+from data_testing import data_config
+
 TOK = sp.PairTokenizer(ByteTokenizer())
 
 
@@ -171,7 +173,7 @@ def _dataset(**kwargs):
   options = dict(split="train", seq_len=48, batch_size=8, tokenizer=TOK, seed=0,
                  sentences=sp.tokenize_sentences(_documents(), TOK))
   options.update(kwargs)
-  return sp.make_pair_dataset({"mlm_probability": 0.3}, **options)
+  return sp.make_pair_dataset(data_config("bert.py", mlm_probability=0.3), **options)
 
 
 def test_batches_are_masked_but_never_cls_sep_or_padding():

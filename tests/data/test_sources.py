@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 
-import ml_collections
 import pytest
 
 from posjax import data
 from posjax.data import sources
 
+from data_testing import data_config
+
 
 def _config(**fields):
-  base = dict(name="shakespeare", path="", text_key="text", tokenizer="byte", vocab_size=0,
-              seed=0, mlm_probability=0.15)
-  return ml_collections.ConfigDict({**base, **fields})
+  return data_config(**fields)
 
 
 def test_text_folder_splits_by_file(tmp_path):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 
-import ml_collections
 import tensorflow_datasets as tfds
 
 from posjax import data
 from posjax.data import shakespeare, tfds_shakespeare
+
+from data_testing import data_config
 
 
 def test_prepares_array_record_and_reads_back_without_tensorflow(tfds_dir):
@@ -35,7 +36,7 @@ def test_known_line_by_registered_name(tfds_dir):
 
 
 def test_load_texts_in_documented_order(tfds_dir):
-  config = ml_collections.ConfigDict(dict(name="shakespeare", data_dir=tfds_dir))
+  config = data_config(data_dir=tfds_dir)
   texts = data.load_texts(config, "validation")
   assert texts == [shakespeare.texts()[w] for w in shakespeare.VALIDATION_WORKS]
   assert "If music be the food of love, play on," in texts[2]  # twelfth_night

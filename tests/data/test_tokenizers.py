@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 
-import ml_collections
 import numpy as np
 import pytest
 
 from posjax import data
 from posjax.data import tokenizers
+
+from data_testing import data_config
 
 
 def test_byte_tokenizer_layout_and_round_trip():
@@ -36,9 +37,9 @@ def test_check_token_ids():
 
 def test_get_tokenizer_errors():
   with pytest.raises(ValueError, match="unknown tokenizer 'words'.*byte"):
-    data.get_tokenizer(ml_collections.ConfigDict(dict(tokenizer="words")))
+    data.get_tokenizer(data_config(tokenizer="words"))
   with pytest.raises(ValueError, match="vocab_size > 0"):
-    data.get_tokenizer(ml_collections.ConfigDict(dict(tokenizer="bpe", vocab_size=0)), ["x"])
+    data.get_tokenizer(data_config(tokenizer="bpe", vocab_size=0), ["x"])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("sentencepiece") is None,
@@ -47,7 +48,7 @@ def test_get_tokenizer_errors():
 def test_sentencepiece_trained_on_given_texts(tmp_path, name):
   from posjax.data import shakespeare
   texts = [shakespeare.texts()[w] for w in shakespeare.split_works("train")[:6]]
-  config = ml_collections.ConfigDict(dict(tokenizer=name, vocab_size=600))
+  config = data_config(tokenizer=name, vocab_size=600)
   tok = data.get_tokenizer(config, train_texts=texts, cache_dir=str(tmp_path))
   assert tok.vocab_size == 600 and (tok.pad_id, tok.eos_id, tok.mask_id) == (0, 1, 3)
   text = "Now is the winter of our discontent  é 日本\n"
@@ -61,8 +62,7 @@ def test_sentencepiece_trained_on_given_texts(tmp_path, name):
 @pytest.mark.skipif(importlib.util.find_spec("sentencepiece") is None,
                     reason="sentencepiece is an optional extra")
 def test_sentencepiece_defaults_to_the_training_split(tfds_dir, tmp_path):
-  config = ml_collections.ConfigDict(dict(name="shakespeare", data_dir=tfds_dir, tokenizer="bpe",
-                                          vocab_size=512))
+  config = data_config(data_dir=tfds_dir, tokenizer="bpe", vocab_size=512)
   tok = data.get_tokenizer(config, cache_dir=str(tmp_path))
   batch = next(data.make_lm_dataset(config, split="validation", seq_len=64, batch_size=2,
                                     tokenizer=tok, shuffle=False, repeat=False))

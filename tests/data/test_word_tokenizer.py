@@ -1,12 +1,13 @@
 """The word-level tokenizer: vocabulary, case, [UNK], truncation and padding, the pipelines."""
 
-import ml_collections
 import numpy as np
 import pytest
 
 from posjax.data import labelled, shakespeare, shakespeare_tasks, tokenizers, word_tokenizer
 from posjax.data.shakespeare_tasks import Passages
 from posjax.data.word_tokenizer import SPECIALS, WordTokenizer
+
+from data_testing import data_config
 
 TEXT = "The cat sat. the cat ran!\nA dog sat, The end"
 
@@ -92,9 +93,7 @@ def test_bad_options_are_errors():
 
 
 def _data_config(**values):
-  return ml_collections.ConfigDict(dict(dict(name="shakespeare", tokenizer="word", min_count=1,
-                                             lowercase=True, vocab_size=0, truncation="end",
-                                             data_dir=""), **values))
+  return data_config(**{"tokenizer": "word", **values})
 
 
 def test_get_tokenizer_builds_the_vocabulary_from_the_training_split_only():

@@ -33,3 +33,17 @@ def test_a_record_from_before_a_field_was_added(tmp_path):
   config = record.for_workdir(tmp_path, tiny(**{"mode": "eval"}))
   assert config.data.passkey_fraction == 0.0 and config.mode == "eval"
   assert record.added_since(old, tiny()) == ["data.passkey_fraction"]
+
+
+def test_a_record_from_before_a_section_moved_to_the_base_config(tmp_path):
+  """`peft` and `train.init_from_hf` moved from the fine-tuning configs into configs/lm.py: an LM
+  record without them agrees with their base values (method=full), not with another method."""
+  old = tiny().to_dict()
+  del old["peft"], old["train"]["init_from_hf"]
+  (tmp_path / record.CONFIG_FILE).write_text(json.dumps(old))
+  assert record.check(tmp_path, tiny()) == []
+  with pytest.raises(ValueError, match=r"peft.method: \"<absent>\" \(run\) → \"lora\""):
+    record.check(tmp_path, tiny(**{"peft.method": "lora"}))
+  config = record.for_workdir(tmp_path, tiny(**{"mode": "eval"}))
+  assert config.peft.method == "full" and config.peft.lora_rank == 8
+  assert config.train.init_from_hf == ""
