@@ -13,7 +13,9 @@ when its `finetune_results.json` exists). The seed is the model's and the data's
 `--pretrain.<field>=value` overrides a field of every pretraining config, `--finetune.<field>=value`
 of every fine-tuning config (ml-collections flags, as `posjax.main --config.<field>`; the flags'
 config files are only the field lists: each run loads its own). Writes `results.csv` (a row per
-run), `results.md` (per task, each score as the mean ± std over seeds), and per task a heatmap of
+run), `baselines.csv` (majority class, naive Bayes or a gazetteer on the same passages:
+`posjax.evaluate.baselines`), `results.md` (per task, the baselines, then each score as the
+mean ± std over seeds), and per task a heatmap of
 the mean test score (methods × schemes) and the test score against passage length, in `<workdir>`.
 """
 
@@ -95,11 +97,34 @@ SIZES = ("trained params", "trained %")
 PER_RUN = ("steps", "best step", "seconds")
 
 
-def write_reports(rows: list[dict], workdir: str) -> str:
-  """`results.csv` (a row per run), `results.md` (a table per task: sizes, then each score as
-  the mean ± std over seeds) and the plots; returns the Markdown path."""
+def baseline_rows(task: str, overrides: dict, *, tiny: bool = False) -> list[dict]:
+  """The non-neural baselines (`posjax.evaluate.baselines`) on the passages `task`'s fine-tunes
+  are scored on (the same config and overrides)."""
+  from posjax.evaluate import baselines
+  config = configs.load_config(f"{CONFIGS[task]}:{'tiny' if tiny else ''}", **overrides)
+  return [{"task": task, **r} for r in baselines.for_config(config)]
+
+
+def _baseline_table(rows: list[dict], key: str) -> list[dict]:
+  """A row per baseline: its score (and accuracy or precision/recall) on each evaluation."""
+  table = {}
+  for r in rows:
+    name = "val" if r["split"] == "validation" else f"test {r['multiplier']:g}x"
+    out = table.setdefault(r["baseline"], {"baseline": r["baseline"]})
+    out[f"{name} {key}"] = r[key]
+    for extra in ("accuracy", "precision", "recall"):
+      if extra in r:
+        out[f"{name} {extra[:4]}"] = r[extra]
+  return list(table.values())
+
+
+def write_reports(rows: list[dict], workdir: str, baselines: list[dict] = ()) -> str:
+  """`results.csv` (a row per run), `results.md` (per task, the baselines, then a table of
+  sizes and each score as the mean ± std over seeds) and the plots; returns the Markdown path."""
   from posjax.evaluate import report
   report.write_csv(os.path.join(workdir, "results.csv"), rows)
+  if baselines:
+    report.write_csv(os.path.join(workdir, "baselines.csv"), list(baselines))
   seeds = sorted({r["seed"] for r in rows})
   sections = ["# Fine-tuning: method × positional scheme\n",
               f"Seeds {', '.join(map(str, seeds))}"
@@ -112,7 +137,12 @@ def write_reports(rows: list[dict], workdir: str) -> str:
     table = [{**{k: r[k] for k in ("scheme", "method") + SIZES}, "seeds": r["seeds"],
               **{k: int(round(r[k])) for k in PER_RUN},
               **{k: report.mean_std(r, k) for k in scores}} for r in summary]
-    sections.append(f"## {task}: {label} (and accuracy)\n\n{report.markdown_table(table)}\n")
+    sections.append(f"## {task}: {label} (and accuracy)\n")
+    task_baselines = [r for r in baselines if r["task"] == task]
+    if task_baselines:
+      sections.append("Non-neural baselines on the same passages (posjax.evaluate.baselines):\n\n"
+                      f"{report.markdown_table(_baseline_table(task_baselines, key))}\n")
+    sections.append(f"{report.markdown_table(table)}\n")
     methods = list(dict.fromkeys(r["method"] for r in summary))
     schemes = list(dict.fromkeys(r["scheme"] for r in summary))
     grid = [[next((r[f"test 1x {key}"] for r in summary
@@ -146,6 +176,8 @@ def sweep(workdir: str, schemes, methods, tasks, *, seeds=(0,), pretrain_overrid
   bad = [m for m in methods if m not in METHODS] + [t for t in tasks if t not in CONFIGS]
   if bad:
     raise ValueError(f"unknown methods/tasks {bad}: methods {METHODS}, tasks {list(CONFIGS)}")
+  baselines = [row for task in tasks
+               for row in baseline_rows(task, dict(finetune_overrides or {}), tiny=tiny)]
   rows, path = [], None
   for scheme in schemes:
     for seed in seeds:
@@ -157,7 +189,7 @@ def sweep(workdir: str, schemes, methods, tasks, *, seeds=(0,), pretrain_overrid
           summary = finetune(task, scheme, method, run, mlm, dict(finetune_overrides or {}),
                              seed=seed, tiny=tiny)
           rows.append(result_row(task, scheme, method, seed, summary))
-          path = write_reports(rows, workdir)
+          path = write_reports(rows, workdir, baselines)
   return path
 
 

@@ -44,7 +44,7 @@ O, B, I = 0, 1, 2
 _PERSONS_HEADER = re.compile(r"^\s*(persons represented|dramatis personae)\b", re.I)
 _ACT_OR_SCENE = re.compile(r"^\s*(act|scene)\b", re.I)
 _SETTING = re.compile(r"^\s*scene\s*[:.]", re.I)    # "SCENE: Venice." (not "SCENE I. ...")
-_WORD = re.compile(r"[A-Za-z]+(?:-[A-Za-z]+)*")
+WORD = re.compile(r"[A-Za-z]+(?:-[A-Za-z]+)*")
 _NOT_NAMES = frozenset("""
     A ABBOT AN AND ARCHBISHOP ATTENDANT ATTENDANTS BISHOP BOY BROTHER CAPTAIN CARDINAL CHORUS
     CITIZEN CITIZENS CLOWN CLOWNS CONSTABLE COUNT COUNTESS DAME DAUGHTER DOCTOR DON DUCHESS DUKE
@@ -144,7 +144,7 @@ def gazetteer(work: str) -> frozenset[str]:
   for line in lines[span[0]:span[1]]:
     head = re.split(r",| - ", line.strip(), maxsplit=1)[0].rstrip(".:")
     after_of = False
-    for word in _WORD.findall(head):
+    for word in WORD.findall(head):
       upper = word.upper()
       if word[0].islower() and upper != "OF":
         break                                # a description starts: "Captain of a band ..."
@@ -181,7 +181,7 @@ def tag_names(text: str, names: frozenset[str]) -> np.ndarray:
   """`int8 [len(text)]` BIO tags of the names in `text` (Title-case or capitals only)."""
   tags = np.zeros(len(text), np.int8)
   previous_end = None
-  for match in _WORD.finditer(text):
+  for match in WORD.finditer(text):
     word = match.group()
     is_name = (word.upper() in names and word[0].isupper()
                and (word[1:].islower() or word.isupper() or "-" in word))

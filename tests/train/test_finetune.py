@@ -134,8 +134,12 @@ def test_sweep_pretrains_fine_tunes_and_tabulates(tmp_path):
   assert "## cls: macro-F1" in text and "## ner: entity F1" in text
   assert "Seeds 0, 1: mean ± sample std over seeds." in text
   assert "| alibi | bitfit |" in text and " ± " in text
-  for name in ("cls_scores.png", "ner_by_length.png", "results.csv"):
+  for name in ("cls_scores.png", "ner_by_length.png", "results.csv", "baselines.csv"):
     assert (tmp_path / name).exists()
+  # The baselines are scored on the fine-tunes' own evaluations: validation and test at 1x, 2x.
+  assert "| naive_bayes | " in text and "| gazetteer | " in text
+  baseline_header = next(line for line in text.splitlines() if line.startswith("| baseline |"))
+  assert "val macro_f1" in baseline_header and "test 2x macro_f1" in baseline_header
   runs = {}
   for seed in (0, 1):
     run = tmp_path / "ner_alibi_bitfit" / f"seed_{seed}"
