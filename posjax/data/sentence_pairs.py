@@ -9,9 +9,10 @@ and HF's `BertForPreTraining`.
 
 How a pair is made here (the paper's recipe, `create_pretraining_data.py`, simplified):
 
-- A split's documents are cut into sentences (after `.`, `!` or `?` followed by white space;
-  runs of white space become one space) and each sentence is tokenized alone, with a trailing
-  space.
+- A split's documents are cut into sentences (after `.`, `!` or `?`, and a closing quote, followed
+  by white space and not by a lower-case letter; runs of white space become one space), without
+  stage directions in brackets or heading lines (a speaker's name, an act or scene title), and
+  each sentence is tokenized alone, with a trailing space.
 - An example starts from an anchor sentence (every sentence that has a successor in its document
   is one, so an epoch visits each once). A takes whole sentences from the anchor until it holds
   at least a target drawn uniformly from 1..budget-1 tokens (budget = seq_len - 3), stopping
@@ -49,7 +50,18 @@ IS_NEXT, NOT_NEXT = 0, 1
 MIN_SEQ_LEN = 8  # [CLS] A [SEP] B [SEP] with room for a few tokens of each
 _PAIR_SEED_SALT = 0x6E7370  # keeps the pair stream apart from the masking and shuffling ones
 _MASK_SEED_SALT = 0x6D61736B
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# After `.`, `!` or `?` (and a closing quote or bracket), white space, then not a lower-case
+# letter: "How now! what news?" is one sentence, as Shakespeare's punctuation means it.
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'’”)]))\s+(?![a-z])")
+_STAGE_DIRECTION = re.compile(r"\[[^\]]*\]")
+
+
+def _is_heading(line: str) -> bool:
+  """A speaker's name or a title on a line of its own: "ROMEO.", "ACT I. SCENE 1." (all its
+  letters upper-case, at most 40 characters, ending with a full stop)."""
+  text = line.strip()
+  return (len(text) <= 40 and text.endswith(".") and any(c.isalpha() for c in text)
+          and not any(c.islower() for c in text))
 
 
 class PairTokenizer:
@@ -84,8 +96,10 @@ class PairTokenizer:
 
 
 def split_sentences(text: str) -> list[str]:
-  """Sentences of `text`: cut after `.`, `!` or `?` followed by white space; white space runs
-  become one space; empty pieces are dropped."""
+  """Sentences of `text`: bracketed stage directions and heading lines (`_is_heading`) removed,
+  cut where `_SENTENCE_END` matches; white space runs become one space; empty pieces dropped."""
+  text = _STAGE_DIRECTION.sub(" ", text)
+  text = "\n".join(line for line in text.splitlines() if not _is_heading(line))
   pieces = (" ".join(piece.split()) for piece in _SENTENCE_END.split(text))
   return [piece for piece in pieces if piece]
 

@@ -54,8 +54,14 @@ def test_a_tokenizer_with_its_own_cls_and_sep_keeps_them():
 
 def test_split_sentences():
   text = "ROMEO.\nWhat, ho!  Apothecary!\n\nWho calls? So loud. e.g.x stays"
-  assert sp.split_sentences(text) == ["ROMEO.", "What, ho!", "Apothecary!", "Who calls?",
-                                      "So loud.", "e.g.x stays"]
+  assert sp.split_sentences(text) == ["What, ho!", "Apothecary!", "Who calls?",
+                                      "So loud. e.g.x stays"]  # lower case: no new sentence
+  # Macbeth I.7: headings and stage directions go; "!" before a lower-case word does not end
+  # the sentence; a closing quote stays with its sentence.
+  text = ("[Enter Lady Macbeth.]\nHow now! what news?\n\nLADY MACBETH.\nHe has almost "
+          "supp'd.\nACT II. SCENE 1.\nLetting \"I dare not.\" Wait upon it.")
+  assert sp.split_sentences(text) == ["How now! what news?", "He has almost supp'd.",
+                                      "Letting \"I dare not.\"", "Wait upon it."]
 
 
 def _one_at_a_time(len_a, len_b, budget):

@@ -139,8 +139,8 @@ def _write_corpus(folder):
   for f in range(20):
     letters = "abcdefghij"[f % 10] + "klmnopqrst"[(f * 3) % 10]
     sentences = [" ".join("".join(rng.choice(list(letters), int(rng.integers(2, 5))))
-                          for _ in range(int(rng.integers(2, 5)))) + "."
-                 for _ in range(150)]
+                          for _ in range(int(rng.integers(2, 5)))).capitalize() + "."
+                 for _ in range(150)]  # capitalised: a lower-case word continues a sentence
     (folder / f"doc{f:02d}.txt").write_text(" ".join(sentences) + "\n")
 
 
