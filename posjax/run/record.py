@@ -17,6 +17,7 @@ change, e.g. `("model.pe_options",)` to evaluate a RoPE run under a context-exte
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib.metadata
 import json
 import os
@@ -73,17 +74,15 @@ def _is_neutral(value: Any) -> bool:
   return value is None or (isinstance(value, (str, int, float, list, dict)) and not value)
 
 
-_BASE: dict[str, Any] = {}
+@functools.cache
+def _base_fields() -> dict[str, Any]:
+  return _flatten(configs.load_config("lm.py"))
 
 
 def _is_added_default(name: str, value: Any) -> bool:
   """Whether a field a record lacks holds what the record's run did without it: a neutral value,
   or the value the base config (configs/lm.py) declares, e.g. `peft.method="full"`."""
-  if _is_neutral(value):
-    return True
-  if not _BASE:
-    _BASE.update(_flatten(configs.load_config("lm.py")))
-  return name in _BASE and _BASE[name] == value
+  return _is_neutral(value) or _base_fields().get(name, "<absent>") == value
 
 
 def differences(recorded: Any, config: Any, *, ignore: Iterable[str] = RUN_OPTIONS) -> list[str]:

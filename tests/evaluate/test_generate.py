@@ -211,3 +211,12 @@ def test_main_generate_mode_prints_continuations_of_a_trained_run(tmp_path):
   fresh_leaves = jax.tree.leaves(nnx.to_pure_dict(nnx.state(fresh, nnx.Param)))
   assert len(trained_leaves) == len(fresh_leaves)
   assert any(not np.allclose(a, b) for a, b in zip(trained_leaves, fresh_leaves))
+
+
+@pytest.mark.parametrize("field, value", [("top_p", 0.0), ("temperature", -1.0),
+                                          ("max_new_tokens", 0), ("top_k", -1)])
+def test_bad_generation_options_are_refused_before_loading_anything(tmp_path, field, value):
+  config = load_config("configs/lm.py:tiny", **{"mode": "generate", f"generate.{field}": value})
+  with pytest.raises(ValueError, match="config.generate needs"):
+    gen.run_from_config(config, str(tmp_path / "no_run_here"))
+  assert not (tmp_path / "no_run_here").exists()
