@@ -78,6 +78,11 @@ def finetune(task: str, scheme: str, method: str, workdir: str, init_from: str,
   return summary
 
 
+def _evaluation_name(r: dict) -> str:
+  """A column prefix for an evaluation: `val`, or `test 2x` for test passages up to 2 × L."""
+  return "val" if r["split"] == "validation" else f"test {r['multiplier']:g}x"
+
+
 def result_row(task: str, scheme: str, method: str, seed: int, summary: dict) -> dict:
   """One run's row: sizes, time, and the score (and accuracy) on each evaluation."""
   key, _ = SCORE[task]
@@ -87,7 +92,7 @@ def result_row(task: str, scheme: str, method: str, seed: int, summary: dict) ->
          "steps": summary.get("steps_run", summary["step"]), "best step": summary["step"],
          "seconds": int(round(summary.get("train_seconds", 0)))}
   for r in summary["results"]:
-    name = "val" if r["split"] == "validation" else f"test {r['multiplier']:g}x"
+    name = _evaluation_name(r)
     row[f"{name} {key}"] = r["entity"]["f1"] if key == "entity_f1" else r[key]
     row[f"{name} acc"] = r["accuracy"]
   return row
@@ -109,12 +114,12 @@ def _baseline_table(rows: list[dict], key: str) -> list[dict]:
   """A row per baseline: its score (and accuracy or precision/recall) on each evaluation."""
   table = {}
   for r in rows:
-    name = "val" if r["split"] == "validation" else f"test {r['multiplier']:g}x"
+    name = _evaluation_name(r)
     out = table.setdefault(r["baseline"], {"baseline": r["baseline"]})
     out[f"{name} {key}"] = r[key]
-    for extra in ("accuracy", "precision", "recall"):
+    for extra, short in (("accuracy", "acc"), ("precision", "P"), ("recall", "R")):
       if extra in r:
-        out[f"{name} {extra[:4]}"] = r[extra]
+        out[f"{name} {short}"] = r[extra]
   return list(table.values())
 
 

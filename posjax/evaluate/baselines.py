@@ -89,9 +89,9 @@ def tagging_scores(train: Passages, evaluated: Passages) -> dict[str, dict]:
   """`{"majority": ..., "gazetteer": ...}`: entity scores of `O` everywhere and of tagging the
   training names (`training_names`), against `evaluated`'s gold tags."""
   names = training_names(train)
-  tag_names = np.asarray(evaluated.label_names, dtype=object)
-  gold = [tag_names[np.asarray(t, np.int64)].tolist() for t in evaluated.labels]
-  looked_up = [tag_names[shakespeare_tasks.tag_names(text, names).astype(np.int64)].tolist()
+  label_names = np.asarray(evaluated.label_names, dtype=object)
+  gold = [label_names[np.asarray(t, np.int64)].tolist() for t in evaluated.labels]
+  looked_up = [label_names[shakespeare_tasks.tag_names(text, names).astype(np.int64)].tolist()
                for text in evaluated.texts]
   outside = [["O"] * len(g) for g in gold]
   return {"majority": classification.entity_scores(outside, gold),
@@ -103,7 +103,7 @@ def for_config(config) -> list[dict]:
   on: validation at `data.seq_len`, test at each `eval.length_multipliers` × seq_len. A row per
   baseline and evaluation: `{baseline, split, multiplier, accuracy, macro_f1}` for
   classification, `{..., entity_f1, precision, recall}` for tagging."""
-  kind = {"classify": "sequence", "tag": "token"}[config.task]
+  kind = labelled.KINDS[config.task]
   seq_len = int(config.data.seq_len)
   train = labelled.load_passages(config.data, "train", kind=kind)
   evaluations = [("validation", 1.0)] + [("test", float(m)) for m in config.eval.length_multipliers]
