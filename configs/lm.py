@@ -85,6 +85,8 @@ def get_config(arg=None):
       mlm_probability=0.15,           # for task=mlm
       passkey_fraction=0.0,           # task=lm: this fraction of the training rows replaced by
                                       # passkey prompts (posjax.data.passkey), to learn retrieval
+      passkey_max_digits=5,           # the mixture's keys have 5 to this many digits (more: more to
+                                      # copy per prompt; evaluation keys have 5)
   ))
 
   config.train = ml_collections.ConfigDict(dict(

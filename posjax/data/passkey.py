@@ -17,7 +17,9 @@ right after the header, depth 1 right before the question); `PasskeyPrompt.key_s
 
 `PasskeyRows` mixes such prompts into LM training rows (`data.passkey_fraction`), so that a
 small model trained on a corpus that hardly ever asks it to copy a number learns retrieval at its
-training length; its keys are never the evaluation keys (`passkey_keys`).
+training length; its keys are never the evaluation keys (`passkey_keys`). Its keys may be longer
+than the evaluation's 5 digits (`data.passkey_max_digits`): each prompt then holds more digits
+to copy, a denser signal for learning to copy, while the prompt's text stays the same.
 """
 
 from __future__ import annotations
@@ -115,26 +117,36 @@ class PasskeyRows:
   """A grain `random_map` transform of LM rows (`{inputs, targets, positions, segment_ids,
   weights}`, `[seq_len]` each): with probability `fraction` the row becomes a passkey prompt of
   `seq_len` inputs, with a random key (never an evaluation key) at a uniform random depth, every
-  token a target."""
+  token a target. A key has a uniform random number of digits in [5, `max_digits`]."""
 
-  def __init__(self, tokenizer, seq_len: int, fraction: float):
+  def __init__(self, tokenizer, seq_len: int, fraction: float, max_digits: int = 5):
     if not 0.0 <= fraction < 1.0:
       raise ValueError(f"data.passkey_fraction must be in [0, 1), got {fraction}")
-    shortest = min_length(tokenizer)
+    if not 5 <= max_digits <= 18:
+      raise ValueError(f"data.passkey_max_digits must be in [5, 18] (at least the evaluation "
+                       f"keys' 5 digits), got {max_digits}")
+    shortest = min_length(tokenizer, "1" * max_digits)
     if fraction and seq_len < shortest:
       raise ValueError(f"data.passkey_fraction={fraction} needs data.seq_len >= {shortest} (the "
-                       f"shortest passkey prompt), got {seq_len}")
+                       f"shortest passkey prompt with {max_digits}-digit keys), got {seq_len}")
     self.tokenizer, self.seq_len, self.fraction = tokenizer, int(seq_len), float(fraction)
+    self.max_digits = int(max_digits)
     self.held_out = {k for seed in range(4) for k in passkey_keys(HELD_OUT_KEYS // 4, seed)}
 
   def __call__(self, row: dict, rng: np.random.Generator) -> dict:
     if rng.random() >= self.fraction:
       return row
-    key = str(rng.integers(10000, 100000))
+    digits = int(rng.integers(5, self.max_digits + 1)) if self.max_digits > 5 else 5
+    key = self._random_key(rng, digits)
     while key in self.held_out:
-      key = str(rng.integers(10000, 100000))
+      key = self._random_key(rng, digits)
     prompt = make_prompt(self.tokenizer, self.seq_len, float(rng.random()), key)
     n = self.seq_len
     return dict(inputs=prompt.tokens[:-1], targets=prompt.tokens[1:],
                 positions=np.arange(n, dtype=np.int32), segment_ids=np.ones([n], np.int32),
                 weights=np.ones([n], np.float32))
+
+  @staticmethod
+  def _random_key(rng: np.random.Generator, digits: int) -> str:
+    """A `digits`-digit number (no leading zero), drawn as the evaluation keys are."""
+    return str(rng.integers(10 ** (digits - 1), 10 ** digits))

@@ -111,8 +111,8 @@ def make_lm_dataset(data_config, *, split: str, seq_len: int, batch_size: int, t
       default `data_config.streaming` if the config has it, else True exactly for TFDS catalog
       datasets (names other than shakespeare and text).
     passkey_fraction: LM only: this fraction of the rows replaced by passkey prompts of `seq_len`
-      inputs (`posjax.data.passkey.PasskeyRows`; a training mixture that teaches retrieval);
-      not for streamed datasets.
+      inputs (`posjax.data.passkey.PasskeyRows`; a training mixture that teaches retrieval;
+      keys of 5 to `data_config.passkey_max_digits` digits); not for streamed datasets.
 
   `data_config.num_workers` sets the number of threads that make batches ahead (at least 1);
   `2 * num_workers` batches are prefetched.
@@ -151,7 +151,8 @@ def make_lm_dataset(data_config, *, split: str, seq_len: int, batch_size: int, t
     if mlm or streaming:
       raise ValueError("data.passkey_fraction mixes passkey prompts into next-token (task=lm) "
                        "rows of an in-memory dataset, not into masked-LM or streamed ones")
-    passkey = PasskeyRows(tokenizer, seq_len, passkey_fraction)
+    passkey = PasskeyRows(tokenizer, seq_len, passkey_fraction,
+                          int(data_config.passkey_max_digits))
   if streaming:
     dataset = stream_lib.streaming_dataset(documents, tokenizer, **options)
     if mask is not None:  # each process streams its own documents: its own masks too

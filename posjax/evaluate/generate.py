@@ -337,7 +337,7 @@ def load_for_generation(workdir: str, config=None) -> nnx.Module:
 
 
 def _recorded(workdir: str):
-  config = record.read_config(workdir)
+  config = record.read_run_config(workdir)
   if config is None:
     raise ValueError(f"{workdir} has no {record.CONFIG_FILE}: pass the run's config")
   return config

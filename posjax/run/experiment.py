@@ -70,7 +70,7 @@ class Run:
                    allow_changes: record.AllowChanges = False) -> "Run":
     """The run recorded in `workdir`, with `{"dotted.field": value}` overrides (evaluation
     options freely; training fields only as `allow_changes` allows)."""
-    config = record.read_config(workdir)
+    config = record.read_run_config(workdir)
     if config is None:
       raise ValueError(f"{workdir} has no {record.CONFIG_FILE}: it is not a posjax run directory "
                        "(or predates run records: pass its config to Run(config, workdir))")

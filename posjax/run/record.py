@@ -75,8 +75,13 @@ def _is_neutral(value: Any) -> bool:
 
 
 @functools.cache
+def _base_config() -> ml_collections.ConfigDict:
+  return configs.load_config("lm.py")
+
+
+@functools.cache
 def _base_fields() -> dict[str, Any]:
-  return _flatten(configs.load_config("lm.py"))
+  return _flatten(_base_config())
 
 
 def _is_added_default(name: str, value: Any) -> bool:
@@ -115,6 +120,17 @@ def read_config(workdir: str | os.PathLike) -> Optional[ml_collections.ConfigDic
     raise ValueError(f"the run record {path} cannot be read ({e}): restore it from a copy, or "
                      "delete it to run with the config given on the command line") from e
   return ml_collections.ConfigDict(_tuples(values))
+
+
+def read_run_config(workdir: str | os.PathLike) -> Optional[ml_collections.ConfigDict]:
+  """The recorded config to run again from (`Run.from_workdir`), or None without a record: a
+  field the base config (configs/lm.py) declares and the record predates reads at its base
+  value, what the run had before the field existed (`_is_added_default`)."""
+  recorded = read_config(workdir)
+  if recorded is not None:
+    for name in added_since(recorded, _base_config()):
+      _copy_field(_base_config(), recorded, name)
+  return recorded
 
 
 def _tuples(value: Any) -> Any:

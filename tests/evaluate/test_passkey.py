@@ -163,3 +163,25 @@ def test_training_mixture_replaces_a_fraction_of_rows_with_prompts():
     prompts.PasskeyRows(tok, 128, 1.0)
   with pytest.raises(ValueError, match="needs data.seq_len >= 101"):
     prompts.PasskeyRows(tok, 96, 0.1)
+
+
+def test_training_keys_may_be_longer_than_the_evaluation_keys():
+  import re
+  tok = ByteTokenizer()
+  row = dict(inputs=np.zeros([128], np.int32))
+  mixer = prompts.PasskeyRows(tok, 128, 0.999, max_digits=12)
+  lengths = set()
+  for i in range(400):
+    out = mixer(row, np.random.default_rng(i))
+    if out is row:
+      continue
+    text = tok.decode(np.r_[out["inputs"], out["targets"][-1:]])
+    key = re.search(r"The pass key is (\d+)\. Remember it\. (\d+) is the pass key", text)
+    assert key and key[1] == key[2] and key[1][0] != "0"
+    assert text.endswith(prompts.QUESTION + " " + key[1])
+    lengths.add(len(key[1]))
+  assert lengths == set(range(5, 13))  # every length in [5, 12] drawn
+  with pytest.raises(ValueError, match="seq_len >= 134"):  # 101 + 3 copies × 11 more digits
+    prompts.PasskeyRows(tok, 128, 0.1, max_digits=16)
+  with pytest.raises(ValueError, match=r"passkey_max_digits must be in \[5, 18\]"):
+    prompts.PasskeyRows(tok, 128, 0.1, max_digits=4)

@@ -47,3 +47,16 @@ def test_a_record_from_before_a_section_moved_to_the_base_config(tmp_path):
   config = record.for_workdir(tmp_path, tiny(**{"mode": "eval"}))
   assert config.peft.method == "full" and config.peft.lora_rank == 8
   assert config.train.init_from_hf == ""
+
+
+def test_a_run_rebuilt_from_an_old_record_has_the_fields_added_since(tmp_path):
+  """`Run.from_workdir` (resume, studies, generate) reads a record that predates fields as the
+  run was: each such field at its base value, not missing."""
+  old = tiny(**{"data.passkey_fraction": 0.2}).to_dict()
+  del old["peft"], old["data"]["passkey_max_digits"]
+  (tmp_path / record.CONFIG_FILE).write_text(json.dumps(old))
+  config = record.read_run_config(tmp_path)
+  assert config.data.passkey_max_digits == 5 and config.peft.method == "full"
+  assert config.data.passkey_fraction == 0.2  # what the record holds is kept
+  assert record.check(tmp_path, config) == []
+  assert record.read_run_config(tmp_path / "elsewhere") is None

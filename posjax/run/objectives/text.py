@@ -81,6 +81,10 @@ class LanguageModeling(TextObjective):
     if fraction and (self.config.task != "lm" or not 0 < fraction < 1):
       problems.append(f"data.passkey_fraction={fraction}: a fraction in [0, 1) of the rows of "
                       "task=lm (next-token) training")
+    digits = self.config.data.passkey_max_digits
+    if fraction and not 5 <= digits <= 18:
+      problems.append(f"data.passkey_max_digits={digits}: the mixture's keys have 5 to this many "
+                      "digits, at most 18")
     return problems
 
   def dataset(self, tokenizer, split: str, seq_len: int, **pipeline):
