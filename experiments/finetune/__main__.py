@@ -3,13 +3,23 @@
   python -m experiments.finetune --workdir=runs/finetune [--schemes=learned,rope,alibi] \
       [--methods=full,freeze_embeddings,freeze_bottom,lora,adapters,bitfit,prompt] \
       [--tasks=cls,ner] [--seeds=0,1,2] [--pretrain.train.steps=800] \
-      [--finetune.train.steps=100 --finetune.data.global_batch_size=16 ...]
+      [--finetune.train.steps=100 --finetune.data.global_batch_size=16 ...] \
+      [--lr_scales=0.3,1,3 --lr_sweep_seeds=0] [--pretrain_seed=0]
 
 For every scheme and seed, `configs/mlm.py:<scheme>` pretrains in `<workdir>/mlm_<scheme>/seed_<s>`
 (resumed, or only restored when its checkpoint has reached `train.steps`); then for every task
 (`cls`: configs/finetune_cls.py, passage genre; `ner`: configs/finetune_ner.py, character names)
 and method, a fine-tune in `<workdir>/<task>_<scheme>_<method>/seed_<s>` starts from it (skipped
-when its `finetune_results.json` exists). The seed is the model's and the data's, in both stages.
+when its `finetune_results.json` exists). The seed is the model's and the data's, in both stages;
+`--pretrain_seed=S` has every seed fine-tune the one encoder pretrained with seed S (the spread is
+then the fine-tuning's alone).
+
+Learning rates: each method fine-tunes at its config's rate (configs/finetune_cls.py
+`LEARNING_RATES`) times each of `--lr_scales`, in `<task>_<scheme>_<method>_lrscale<x>/seed_<s>`
+(scale 1 keeps the plain name). With `--lr_sweep_seeds`, only those seeds run every scale; the
+other seeds run at the scale whose mean validation score over the sweep seeds is best. The tables
+show each method at that scale (the same choice: validation only, never test) and a sweep table
+of the validation score at every scale.
 `--pretrain.<field>=value` overrides a field of every pretraining config, `--finetune.<field>=value`
 of every fine-tuning config (ml-collections flags, as `posjax.main --config.<field>`; the flags'
 config files are only the field lists: each run loads its own). Writes `results.csv` (a row per
@@ -28,6 +38,7 @@ import time
 
 from absl import app, flags
 from ml_collections import config_flags
+import numpy as np
 
 from posjax import configs
 from posjax.run import distributed
@@ -53,8 +64,9 @@ def pretrain(scheme: str, workdir: str, overrides: dict, *, seed: int = 0,
 
 
 def finetune(task: str, scheme: str, method: str, workdir: str, init_from: str,
-             overrides: dict, *, seed: int = 0, tiny: bool = False) -> dict:
-  """One fine-tuning run (or its saved results); returns `finetune_results.json` plus timing."""
+             overrides: dict, *, seed: int = 0, lr_scale: float = 1.0, tiny: bool = False) -> dict:
+  """One fine-tuning run (or its saved results) at `lr_scale` × the config's learning rate;
+  returns `finetune_results.json` plus timing and the learning rate."""
   path = os.path.join(workdir, "finetune_results.json")
   if os.path.exists(path):
     with open(path) as f:
@@ -65,6 +77,7 @@ def finetune(task: str, scheme: str, method: str, workdir: str, init_from: str,
   config = _seeded(configs.load_config(
       f"{CONFIGS[task]}:{scheme},{method}{',tiny' if tiny else ''}",
       **{"train.init_from": os.path.abspath(init_from), **overrides}), seed)
+  config.train.learning_rate *= lr_scale
   start = time.perf_counter()
   run = Run(config, workdir)
   state = loop.train(run)
@@ -72,7 +85,8 @@ def finetune(task: str, scheme: str, method: str, workdir: str, init_from: str,
   run_report.report(run, state)
   with open(path) as f:
     summary = json.load(f)
-  summary.update(train_seconds=train_seconds, steps_run=int(state.step))
+  summary.update(train_seconds=train_seconds, steps_run=int(state.step),
+                 learning_rate=float(config.train.learning_rate), lr_scale=float(lr_scale))
   with open(path, "w") as f:
     json.dump(summary, f, indent=1)
   return summary
@@ -84,9 +98,10 @@ def _evaluation_name(r: dict) -> str:
 
 
 def result_row(task: str, scheme: str, method: str, seed: int, summary: dict) -> dict:
-  """One run's row: sizes, time, and the score (and accuracy) on each evaluation."""
+  """One run's row: sizes, learning rate, time, and the score (and accuracy) on each evaluation."""
   key, _ = SCORE[task]
   row = {"task": task, "scheme": scheme, "method": method, "seed": seed,
+         "lr scale": summary["lr_scale"], "learning rate": summary["learning_rate"],
          "trained params": summary["trainable_params"],
          "trained %": round(100 * summary["trainable_params"] / summary["total_params"], 2),
          "steps": summary.get("steps_run", summary["step"]), "best step": summary["step"],
@@ -100,6 +115,26 @@ def result_row(task: str, scheme: str, method: str, seed: int, summary: dict) ->
 
 SIZES = ("trained params", "trained %")
 PER_RUN = ("steps", "best step", "seconds")
+RUN_GROUP = ("scheme", "method") + SIZES + ("lr scale", "learning rate")
+
+
+def run_dir(workdir: str, task: str, scheme: str, method: str, seed: int,
+            lr_scale: float = 1.0) -> str:
+  suffix = "" if lr_scale == 1 else f"_lrscale{lr_scale:g}"
+  return os.path.join(workdir, f"{task}_{scheme}_{method}{suffix}", f"seed_{seed}")
+
+
+def best_lr_scale(rows: list[dict], task: str, scheme: str, method: str) -> float:
+  """The learning-rate scale with the best mean validation score, over the seeds that every
+  scale of this task, scheme and method has run (so a scale is not favoured for having run more
+  seeds); the first such scale on a tie."""
+  key, _ = SCORE[task]
+  runs = [r for r in rows if (r["task"], r["scheme"], r["method"]) == (task, scheme, method)]
+  scales = list(dict.fromkeys(r["lr scale"] for r in runs))
+  shared = set.intersection(*({r["seed"] for r in runs if r["lr scale"] == x} for x in scales))
+  def mean_val(x):
+    return np.mean([r[f"val {key}"] for r in runs if r["lr scale"] == x and r["seed"] in shared])
+  return max(scales, key=mean_val)
 
 
 def baseline_rows(task: str, overrides: dict, *, tiny: bool = False) -> list[dict]:
@@ -123,6 +158,11 @@ def _baseline_table(rows: list[dict], key: str) -> list[dict]:
   return list(table.values())
 
 
+def _rate_cells(r: dict) -> dict:
+  """The learning rate and its scale as written (a table's 4 decimals would round 9e-5 away)."""
+  return {"lr scale": f"{r['lr scale']:g}", "learning rate": f"{r['learning rate']:.3g}"}
+
+
 def write_reports(rows: list[dict], workdir: str, baselines: list[dict] = ()) -> str:
   """`results.csv` (a row per run), `results.md` (per task, the baselines, then a table of
   sizes and each score as the mean ± std over seeds) and the plots; returns the Markdown path."""
@@ -138,8 +178,11 @@ def write_reports(rows: list[dict], workdir: str, baselines: list[dict] = ()) ->
     key, label = SCORE[task]
     task_rows = [r for r in rows if r["task"] == task]
     scores = [k for k in task_rows[0] if k.endswith(f" {key}") or k.endswith(" acc")]
-    summary = report.over_seeds(task_rows, ("scheme", "method") + SIZES, PER_RUN + tuple(scores))
-    table = [{**{k: r[k] for k in ("scheme", "method") + SIZES}, "seeds": r["seeds"],
+    every_scale = report.over_seeds(task_rows, RUN_GROUP, PER_RUN + tuple(scores))
+    chosen = {(s, m): best_lr_scale(task_rows, task, s, m) for s, m in
+              dict.fromkeys((r["scheme"], r["method"]) for r in task_rows)}
+    summary = [r for r in every_scale if chosen[r["scheme"], r["method"]] == r["lr scale"]]
+    table = [{**{k: r[k] for k in RUN_GROUP}, **_rate_cells(r), "seeds": r["seeds"],
               **{k: int(round(r[k])) for k in PER_RUN},
               **{k: report.mean_std(r, k) for k in scores}} for r in summary]
     sections.append(f"## {task}: {label} (and accuracy)\n")
@@ -147,7 +190,18 @@ def write_reports(rows: list[dict], workdir: str, baselines: list[dict] = ()) ->
     if task_baselines:
       sections.append("Non-neural baselines on the same passages (posjax.evaluate.baselines):\n\n"
                       f"{report.markdown_table(_baseline_table(task_baselines, key))}\n")
+    if len(summary) < len(every_scale):
+      sections.append("Each method at the learning-rate scale with the best mean validation "
+                      "score over the seeds that ran every scale (best_lr_scale); the sweep is "
+                      "below.\n")
     sections.append(f"{report.markdown_table(table)}\n")
+    if len(summary) < len(every_scale):
+      sweep_table = [{"scheme": r["scheme"], "method": r["method"], **_rate_cells(r),
+                      "seeds": r["seeds"], f"val {key}": report.mean_std(r, f"val {key}"),
+                      "chosen": "yes" if chosen[r["scheme"], r["method"]] == r["lr scale"] else ""}
+                     for r in every_scale]
+      sections.append(f"### {task}: validation {label} at each learning rate\n\n"
+                      f"{report.markdown_table(sweep_table)}\n")
     methods = list(dict.fromkeys(r["method"] for r in summary))
     schemes = list(dict.fromkeys(r["scheme"] for r in summary))
     grid = [[next((r[f"test 1x {key}"] for r in summary
@@ -174,27 +228,38 @@ def write_reports(rows: list[dict], workdir: str, baselines: list[dict] = ()) ->
 
 
 def sweep(workdir: str, schemes, methods, tasks, *, seeds=(0,), pretrain_overrides=None,
-          finetune_overrides=None, tiny: bool = False) -> str:
-  """Every scheme × seed × task × method (see the module docstring); `*_overrides` are
-  `{"dotted.field": value}`; returns the results.md path."""
+          finetune_overrides=None, lr_scales=(1.0,), lr_sweep_seeds=(), pretrain_seed=None,
+          tiny: bool = False) -> str:
+  """Every scheme × seed × task × method × learning-rate scale (see the module docstring);
+  `*_overrides` are `{"dotted.field": value}`; returns the results.md path."""
   from posjax.nn.peft import METHODS
   bad = [m for m in methods if m not in METHODS] + [t for t in tasks if t not in CONFIGS]
   if bad:
     raise ValueError(f"unknown methods/tasks {bad}: methods {METHODS}, tasks {list(CONFIGS)}")
+  if not lr_scales or min(lr_scales) <= 0 or len(set(lr_scales)) < len(lr_scales):
+    raise ValueError(f"lr_scales {list(lr_scales)}: give distinct positive multiples")
+  if set(lr_sweep_seeds) - set(seeds):
+    raise ValueError(f"lr_sweep_seeds {list(lr_sweep_seeds)} are not all among seeds {list(seeds)}")
   baselines = [row for task in tasks
                for row in baseline_rows(task, dict(finetune_overrides or {}), tiny=tiny)]
+  sweep_seeds = [s for s in seeds if s in lr_sweep_seeds] if lr_sweep_seeds else list(seeds)
   rows, path = [], None
   for scheme in schemes:
-    for seed in seeds:
-      mlm = pretrain(scheme, os.path.join(workdir, f"mlm_{scheme}", f"seed_{seed}"),
-                     dict(pretrain_overrides or {}), seed=seed, tiny=tiny)
+    for seed in sweep_seeds + [s for s in seeds if s not in sweep_seeds]:
+      mlm_seed = seed if pretrain_seed is None else pretrain_seed
+      mlm = pretrain(scheme, os.path.join(workdir, f"mlm_{scheme}", f"seed_{mlm_seed}"),
+                     dict(pretrain_overrides or {}), seed=mlm_seed, tiny=tiny)
       for task in tasks:
         for method in methods:
-          run = os.path.join(workdir, f"{task}_{scheme}_{method}", f"seed_{seed}")
-          summary = finetune(task, scheme, method, run, mlm, dict(finetune_overrides or {}),
-                             seed=seed, tiny=tiny)
-          rows.append(result_row(task, scheme, method, seed, summary))
-          path = write_reports(rows, workdir, baselines)
+          scales = (lr_scales if seed in sweep_seeds
+                    else [best_lr_scale(rows, task, scheme, method)])
+          for scale in scales:
+            summary = finetune(task, scheme, method,
+                               run_dir(workdir, task, scheme, method, seed, scale), mlm,
+                               dict(finetune_overrides or {}), seed=seed, lr_scale=scale,
+                               tiny=tiny)
+            rows.append(result_row(task, scheme, method, seed, summary))
+            path = write_reports(rows, workdir, baselines)
   return path
 
 
@@ -205,7 +270,10 @@ def main(argv):
   f = flags.FLAGS
   path = sweep(f.workdir, f.schemes, f.methods, f.tasks, seeds=[int(s) for s in f.seeds],
                pretrain_overrides=config_flags.get_override_values(f["pretrain"]),
-               finetune_overrides=config_flags.get_override_values(f["finetune"]), tiny=f.tiny)
+               finetune_overrides=config_flags.get_override_values(f["finetune"]),
+               lr_scales=[float(x) for x in f.lr_scales],
+               lr_sweep_seeds=[int(s) for s in f.lr_sweep_seeds], pretrain_seed=f.pretrain_seed,
+               tiny=f.tiny)
   print(open(path).read(), flush=True)
 
 
@@ -217,6 +285,11 @@ def define_flags() -> None:
                     "Fine-tuning methods (posjax.nn.peft.METHODS).")
   flags.DEFINE_list("tasks", "cls,ner", "cls (genre) and/or ner (character names).")
   flags.DEFINE_list("seeds", "0", "Seeds (each the model's and the data's, in both stages).")
+  flags.DEFINE_list("lr_scales", "1", "Multiples of each method's configured learning rate.")
+  flags.DEFINE_list("lr_sweep_seeds", "", "Seeds that run every lr scale (empty: all); the "
+                    "others run at the scale best on these seeds' validation score.")
+  flags.DEFINE_integer("pretrain_seed", None, "Fine-tune every seed from the encoder pretrained "
+                       "with this seed (default: each seed its own).")
   flags.DEFINE_bool("tiny", False, "The configs' tiny variants (seconds; a smoke test).")
   config_flags.DEFINE_config_file(
       "pretrain", configs.find_config_file("configs/mlm.py"),

@@ -150,3 +150,38 @@ def test_sweep_pretrains_fine_tunes_and_tabulates(tmp_path):
     assert config["train"]["init_from"].endswith(f"mlm_alibi/seed_{seed}")
     runs[seed] = summary["results"][0]["loss"]
   assert runs[0] != runs[1]  # two seeds, two different runs
+
+
+def test_sweep_chooses_each_methods_learning_rate_on_the_sweep_seeds_validation(tmp_path):
+  from experiments.finetune import __main__ as experiment
+  path = experiment.sweep(str(tmp_path), ["alibi"], ["bitfit"], ["cls"], tiny=True,
+                          seeds=[0, 1], lr_scales=[0.1, 10.0], lr_sweep_seeds=[0],
+                          pretrain_seed=0, finetune_overrides={"train.steps": 3})
+  assert not (tmp_path / "mlm_alibi" / "seed_1").exists()  # both seeds fine-tune seed 0's encoder
+  base = json.loads((tmp_path / "cls_alibi_bitfit_lrscale0.1" / "seed_0" / "config.json")
+                    .read_text())["train"]["learning_rate"]
+  assert base == pytest.approx(0.1 * 3e-3)  # configs/finetune_cls.py LEARNING_RATES["bitfit"]
+  val = {}
+  for scale in (0.1, 10):
+    run = tmp_path / f"cls_alibi_bitfit_lrscale{scale:g}"
+    summary = json.loads((run / "seed_0" / "finetune_results.json").read_text())
+    assert summary["learning_rate"] == pytest.approx(scale * 3e-3)
+    assert json.loads((run / "seed_0" / "config.json").read_text())[
+        "train"]["init_from"].endswith("mlm_alibi/seed_0")
+    val[scale] = summary["results"][0]["macro_f1"]
+  best = max((0.1, 10), key=lambda x: val[x])  # the first on a tie, as best_lr_scale
+  seed_1 = [x for x in (0.1, 10) if (tmp_path / f"cls_alibi_bitfit_lrscale{x:g}" / "seed_1").exists()]
+  assert seed_1 == [best]
+  text = open(path).read()
+  assert "### cls: validation macro-F1 at each learning rate" in text
+  table = text.split("### cls")[0]
+  assert table.count("| alibi | bitfit |") == 1 and f"| {best:g} |" in table
+
+
+def test_sweep_refuses_bad_learning_rate_scales_before_training(tmp_path):
+  from experiments.finetune import __main__ as experiment
+  for kwargs in ({"lr_scales": [1.0, 1.0]}, {"lr_scales": [0.0]},
+                 {"lr_scales": [1.0], "seeds": [0], "lr_sweep_seeds": [3]}):
+    with pytest.raises(ValueError, match="lr_"):
+      experiment.sweep(str(tmp_path), ["alibi"], ["bitfit"], ["cls"], tiny=True, **kwargs)
+  assert not any(tmp_path.iterdir())
