@@ -70,7 +70,11 @@ def finetune(task: str, scheme: str, method: str, workdir: str, init_from: str,
   path = os.path.join(workdir, "finetune_results.json")
   if os.path.exists(path):
     with open(path) as f:
-      return json.load(f)
+      summary = json.load(f)
+    if "learning_rate" not in summary:  # run before the sweep existed: at scale 1, by run_dir
+      with open(os.path.join(workdir, "config.json")) as f:
+        summary.update(learning_rate=json.load(f)["train"]["learning_rate"], lr_scale=1.0)
+    return summary
   from posjax.evaluate import run_report
   from posjax.run.experiment import Run
   from posjax.train import loop

@@ -150,6 +150,15 @@ def test_sweep_pretrains_fine_tunes_and_tabulates(tmp_path):
     assert config["train"]["init_from"].endswith(f"mlm_alibi/seed_{seed}")
     runs[seed] = summary["results"][0]["loss"]
   assert runs[0] != runs[1]  # two seeds, two different runs
+  # A run recorded before the learning-rate sweep existed is tabulated at its own rate.
+  summary_path = tmp_path / "ner_alibi_bitfit" / "seed_0" / "finetune_results.json"
+  summary = json.loads(summary_path.read_text())
+  del summary["learning_rate"], summary["lr_scale"]
+  summary_path.write_text(json.dumps(summary))
+  experiment.sweep(str(tmp_path), ["alibi"], ["bitfit"], ["ner"], tiny=True, seeds=[0],
+                   finetune_overrides={"train.steps": 3})
+  assert "| alibi | bitfit | " in open(path).read().split("## ner")[1]
+  assert "| 1 | 0.003 |" in open(path).read().split("## ner")[1]
 
 
 def test_sweep_chooses_each_methods_learning_rate_on_the_sweep_seeds_validation(tmp_path):
