@@ -4,6 +4,7 @@
       [--methods=full,freeze_embeddings,freeze_bottom,lora,adapters,bitfit,prompt] \
       [--tasks=cls,ner] [--seeds=0,1,2] [--pretrain.train.steps=800] \
       [--finetune.train.steps=100 --finetune.data.global_batch_size=16 ...] \
+      [--finetune_ner.train.steps=400 ...] \
       [--lr_scales=0.3,1,3 --lr_sweep_seeds=0] [--pretrain_seed=0]
 
 For every scheme and seed, `configs/mlm.py:<scheme>` pretrains in `<workdir>/mlm_<scheme>/seed_<s>`
@@ -21,8 +22,10 @@ other seeds run at the scale whose mean validation score over the sweep seeds is
 show each method at that scale (the same choice: validation only, never test) and a sweep table
 of the validation score at every scale.
 `--pretrain.<field>=value` overrides a field of every pretraining config, `--finetune.<field>=value`
-of every fine-tuning config (ml-collections flags, as `posjax.main --config.<field>`; the flags'
-config files are only the field lists: each run loads its own). Writes `results.csv` (a row per
+of every fine-tuning config, `--finetune_cls.<field>=value` (or `finetune_ner`) of one task's,
+after `--finetune` (so the tasks can have their own budgets in one sweep and one report).
+These are ml-collections flags, as `posjax.main --config.<field>`; the flags' config files are
+only the field lists: each run loads its own. Writes `results.csv` (a row per
 run), `baselines.csv` (majority class, naive Bayes or a gazetteer on the same passages:
 `posjax.evaluate.baselines`), `results.md` (per task, the baselines, then each score as the
 mean ± std over seeds), and per task a heatmap of
@@ -114,6 +117,8 @@ def result_row(task: str, scheme: str, method: str, seed: int, summary: dict) ->
     name = _evaluation_name(r)
     row[f"{name} {key}"] = r["entity"]["f1"] if key == "entity_f1" else r[key]
     row[f"{name} acc"] = r["accuracy"]
+    if name == "val":
+      row["val loss"] = r["loss"]
   return row
 
 
@@ -131,13 +136,14 @@ def run_dir(workdir: str, task: str, scheme: str, method: str, seed: int,
 def best_lr_scale(rows: list[dict], task: str, scheme: str, method: str) -> float:
   """The learning-rate scale with the best mean validation score, over the seeds that every
   scale of this task, scheme and method has run (so a scale is not favoured for having run more
-  seeds); the first such scale on a tie."""
+  seeds); on a tie (e.g. an entity F1 of 0 at every scale), the lower mean validation loss."""
   key, _ = SCORE[task]
   runs = [r for r in rows if (r["task"], r["scheme"], r["method"]) == (task, scheme, method)]
   scales = list(dict.fromkeys(r["lr scale"] for r in runs))
   shared = set.intersection(*({r["seed"] for r in runs if r["lr scale"] == x} for x in scales))
   def mean_val(x):
-    return np.mean([r[f"val {key}"] for r in runs if r["lr scale"] == x and r["seed"] in shared])
+    chosen = [r for r in runs if r["lr scale"] == x and r["seed"] in shared]
+    return (np.mean([r[f"val {key}"] for r in chosen]), -np.mean([r["val loss"] for r in chosen]))
   return max(scales, key=mean_val)
 
 
@@ -182,26 +188,29 @@ def write_reports(rows: list[dict], workdir: str, baselines: list[dict] = ()) ->
     key, label = SCORE[task]
     task_rows = [r for r in rows if r["task"] == task]
     scores = [k for k in task_rows[0] if k.endswith(f" {key}") or k.endswith(" acc")]
-    every_scale = report.over_seeds(task_rows, RUN_GROUP, PER_RUN + tuple(scores))
+    every_scale = report.over_seeds(task_rows, RUN_GROUP, PER_RUN + tuple(scores) + ("val loss",))
     chosen = {(s, m): best_lr_scale(task_rows, task, s, m) for s, m in
               dict.fromkeys((r["scheme"], r["method"]) for r in task_rows)}
     summary = [r for r in every_scale if chosen[r["scheme"], r["method"]] == r["lr scale"]]
     table = [{**{k: r[k] for k in RUN_GROUP}, **_rate_cells(r), "seeds": r["seeds"],
               **{k: int(round(r[k])) for k in PER_RUN},
               **{k: report.mean_std(r, k) for k in scores}} for r in summary]
+    swept = len(summary) < len(every_scale)
     sections.append(f"## {task}: {label} (and accuracy)\n")
     task_baselines = [r for r in baselines if r["task"] == task]
     if task_baselines:
       sections.append("Non-neural baselines on the same passages (posjax.evaluate.baselines):\n\n"
                       f"{report.markdown_table(_baseline_table(task_baselines, key))}\n")
-    if len(summary) < len(every_scale):
+    if swept:
       sections.append("Each method at the learning-rate scale with the best mean validation "
-                      "score over the seeds that ran every scale (best_lr_scale); the sweep is "
+                      "score over the seeds that ran every scale (ties: the lower validation loss; "
+                      "best_lr_scale); the sweep is "
                       "below.\n")
     sections.append(f"{report.markdown_table(table)}\n")
-    if len(summary) < len(every_scale):
+    if swept:
       sweep_table = [{"scheme": r["scheme"], "method": r["method"], **_rate_cells(r),
                       "seeds": r["seeds"], f"val {key}": report.mean_std(r, f"val {key}"),
+                      "val loss": report.mean_std(r, "val loss"),
                       "chosen": "yes" if chosen[r["scheme"], r["method"]] == r["lr scale"] else ""}
                      for r in every_scale]
       sections.append(f"### {task}: validation {label} at each learning rate\n\n"
@@ -232,12 +241,15 @@ def write_reports(rows: list[dict], workdir: str, baselines: list[dict] = ()) ->
 
 
 def sweep(workdir: str, schemes, methods, tasks, *, seeds=(0,), pretrain_overrides=None,
-          finetune_overrides=None, lr_scales=(1.0,), lr_sweep_seeds=(), pretrain_seed=None,
-          tiny: bool = False) -> str:
+          finetune_overrides=None, task_overrides=None, lr_scales=(1.0,), lr_sweep_seeds=(),
+          pretrain_seed=None, tiny: bool = False) -> str:
   """Every scheme × seed × task × method × learning-rate scale (see the module docstring);
-  `*_overrides` are `{"dotted.field": value}`; returns the results.md path."""
+  `*_overrides` are `{"dotted.field": value}`, `task_overrides` `{task: {...}}` applied over
+  `finetune_overrides` for that task; returns the results.md path."""
   from posjax.nn.peft import METHODS
-  bad = [m for m in methods if m not in METHODS] + [t for t in tasks if t not in CONFIGS]
+  task_overrides = {t: {**(finetune_overrides or {}), **(task_overrides or {}).get(t, {})}
+                    for t in set(tasks) | set(task_overrides or {})}
+  bad = [m for m in methods if m not in METHODS] + [t for t in task_overrides if t not in CONFIGS]
   if bad:
     raise ValueError(f"unknown methods/tasks {bad}: methods {METHODS}, tasks {list(CONFIGS)}")
   if not lr_scales or min(lr_scales) <= 0 or len(set(lr_scales)) < len(lr_scales):
@@ -245,7 +257,7 @@ def sweep(workdir: str, schemes, methods, tasks, *, seeds=(0,), pretrain_overrid
   if set(lr_sweep_seeds) - set(seeds):
     raise ValueError(f"lr_sweep_seeds {list(lr_sweep_seeds)} are not all among seeds {list(seeds)}")
   baselines = [row for task in tasks
-               for row in baseline_rows(task, dict(finetune_overrides or {}), tiny=tiny)]
+               for row in baseline_rows(task, dict(task_overrides[task]), tiny=tiny)]
   sweep_seeds = [s for s in seeds if s in lr_sweep_seeds] if lr_sweep_seeds else list(seeds)
   rows, path = [], None
   for scheme in schemes:
@@ -260,7 +272,7 @@ def sweep(workdir: str, schemes, methods, tasks, *, seeds=(0,), pretrain_overrid
           for scale in scales:
             summary = finetune(task, scheme, method,
                                run_dir(workdir, task, scheme, method, seed, scale), mlm,
-                               dict(finetune_overrides or {}), seed=seed, lr_scale=scale,
+                               dict(task_overrides[task]), seed=seed, lr_scale=scale,
                                tiny=tiny)
             rows.append(result_row(task, scheme, method, seed, summary))
             path = write_reports(rows, workdir, baselines)
@@ -275,6 +287,8 @@ def main(argv):
   path = sweep(f.workdir, f.schemes, f.methods, f.tasks, seeds=[int(s) for s in f.seeds],
                pretrain_overrides=config_flags.get_override_values(f["pretrain"]),
                finetune_overrides=config_flags.get_override_values(f["finetune"]),
+               task_overrides={t: config_flags.get_override_values(f[f"finetune_{t}"])
+                               for t in CONFIGS},
                lr_scales=[float(x) for x in f.lr_scales],
                lr_sweep_seeds=[int(s) for s in f.lr_sweep_seeds], pretrain_seed=f.pretrain_seed,
                tiny=f.tiny)
@@ -303,6 +317,11 @@ def define_flags() -> None:
       "finetune", configs.find_config_file("configs/finetune_cls.py"),
       "The fine-tuning configs' fields: --finetune.<field>=value overrides it in every run.",
       lock_config=True)
+  for task, path in CONFIGS.items():
+    config_flags.DEFINE_config_file(
+        f"finetune_{task}", configs.find_config_file(path),
+        f"The {task} fine-tunes' fields: --finetune_{task}.<field>=value overrides it (after "
+        "--finetune).", lock_config=True)
   flags.mark_flags_as_required(["workdir"])
 
 

@@ -129,7 +129,8 @@ def test_fine_tunes_a_hugging_face_bert(tmp_path, bert_dir, name):
 def test_sweep_pretrains_fine_tunes_and_tabulates(tmp_path):
   from experiments.finetune import __main__ as experiment  # defines no flags on import
   path = experiment.sweep(str(tmp_path), ["alibi"], ["bitfit"], ["cls", "ner"], tiny=True,
-                          seeds=[0, 1], finetune_overrides={"train.steps": 3})
+                          seeds=[0, 1], finetune_overrides={"train.steps": 3},
+                          task_overrides={"ner": {"train.steps": 4}})
   text = open(path).read()
   assert "## cls: macro-F1" in text and "## ner: entity F1" in text
   assert "Seeds 0, 1: mean ± sample std over seeds." in text
@@ -144,7 +145,10 @@ def test_sweep_pretrains_fine_tunes_and_tabulates(tmp_path):
   for seed in (0, 1):
     run = tmp_path / "ner_alibi_bitfit" / f"seed_{seed}"
     summary = json.loads((run / "finetune_results.json").read_text())
-    assert summary["steps_run"] == 3 and 0 < summary["trainable_params"] < summary["total_params"]
+    assert summary["steps_run"] == 4 and 0 < summary["trainable_params"] < summary["total_params"]
+    cls = json.loads((tmp_path / "cls_alibi_bitfit" / f"seed_{seed}" / "finetune_results.json")
+                     .read_text())
+    assert cls["steps_run"] == 3  # --finetune applies to both tasks, --finetune_ner to ner only
     config = json.loads((run / "config.json").read_text())
     assert config["seed"] == config["data"]["seed"] == seed
     assert config["train"]["init_from"].endswith(f"mlm_alibi/seed_{seed}")
@@ -187,10 +191,25 @@ def test_sweep_chooses_each_methods_learning_rate_on_the_sweep_seeds_validation(
   assert table.count("| alibi | bitfit |") == 1 and f"| {best:g} |" in table
 
 
+def test_learning_rate_ties_go_to_the_lower_validation_loss():
+  from experiments.finetune import __main__ as experiment
+  def row(scale, seed, f1, loss):
+    return {"task": "ner", "scheme": "rope", "method": "bitfit", "seed": seed, "lr scale": scale,
+            "val entity_f1": f1, "val loss": loss}
+  rows = [row(0.3, 0, 0.0, 0.05), row(1, 0, 0.0, 0.03), row(3, 0, 0.0, 0.04),
+          row(3, 1, 0.0, 0.01)]  # seed 1 ran only at 3: not in the comparison
+  assert experiment.best_lr_scale(rows, "ner", "rope", "bitfit") == 1
+  rows[0] = row(0.3, 0, 0.01, 0.09)  # any score beats any loss
+  assert experiment.best_lr_scale(rows, "ner", "rope", "bitfit") == 0.3
+
+
 def test_sweep_refuses_bad_learning_rate_scales_before_training(tmp_path):
   from experiments.finetune import __main__ as experiment
   for kwargs in ({"lr_scales": [1.0, 1.0]}, {"lr_scales": [0.0]},
                  {"lr_scales": [1.0], "seeds": [0], "lr_sweep_seeds": [3]}):
     with pytest.raises(ValueError, match="lr_"):
       experiment.sweep(str(tmp_path), ["alibi"], ["bitfit"], ["cls"], tiny=True, **kwargs)
+  with pytest.raises(ValueError, match="pos"):
+    experiment.sweep(str(tmp_path), ["alibi"], ["bitfit"], ["cls"], tiny=True,
+                     task_overrides={"pos": {"train.steps": 3}})
   assert not any(tmp_path.iterdir())
