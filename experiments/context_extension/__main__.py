@@ -5,7 +5,7 @@
       --finetune_scaling=none,linear [--finetune_targets=4] [--finetune.train.learning_rate=1e-3] \
       [--finetune.data.global_batch_size=4]] \
       [--heatmap_multipliers=1,2,4 --heatmap_methods=none,yarn,finetune+linear] \
-      [--config.train.steps=...]
+      [--config.train.steps=...] [--seeds=0,1,2]
 
 The base run is the one recorded in `--workdir` (its `config.json`; `--config.<field>` overrides
 must agree with it, as for `posjax.main --config.mode=eval`); a workdir without a run gets one
@@ -26,6 +26,13 @@ a scaling at the factor of the first fine-tuned target (or of `--targets`' first
 fine-tune label such as `finetune+linear` at that target) also gets a passkey grid at
 `train length × multiplier` over `--heatmap_depths`, `--heatmap_trials` keys per cell:
 `passkey.csv`, `passkey.md` and one `passkey_<method>.png` heatmap (depth × length) each.
+
+With `--seeds=0,1,2`, `--workdir` holds one base run per seed, `<workdir>/seed_<s>` (trained from
+`--config` with the seed as the model's and the data's unless recorded there, as
+`experiments.extrapolation` lays its runs out), and each gets the whole study above in its own
+`context_extension/`. Then `<workdir>/context_extension/` holds every seed's rows
+(`results.csv`, `passkey.csv`), the mean ± sample std over seeds (`results.md`), the perplexity
+plot with ± std bands and heatmaps of the mean accuracy over seeds.
 """
 
 from __future__ import annotations
@@ -63,6 +70,9 @@ _HM_MULT = flags.DEFINE_list("heatmap_multipliers", "",
 _HM_METHODS = flags.DEFINE_list("heatmap_methods", "none", "Methods with a passkey heatmap.")
 _HM_DEPTHS = flags.DEFINE_list("heatmap_depths", "0,0.25,0.5,0.75,1", "Key depths.")
 _HM_TRIALS = flags.DEFINE_integer("heatmap_trials", 5, "Keys per heatmap cell.")
+_SEEDS = flags.DEFINE_list("seeds", "", "One base run per seed in <workdir>/seed_<s>, each "
+                           "studied, then the mean ± std over seeds (empty: --workdir is the "
+                           "one base run).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -78,7 +88,7 @@ def finetune_label(scaling) -> str:
 def passkey_heatmaps(out_dir, run, target, methods, ft_scalings):
   """The passkey grid of each method in `methods` at the heatmap lengths; writes the report."""
   from posjax.evaluate import context_extension as ce
-  from posjax.evaluate import extrapolation, passkey, report
+  from posjax.evaluate import extrapolation, passkey
   lengths = [int(round(run.train_len * float(m))) for m in _HM_MULT.value]
   depths = [float(d) for d in _HM_DEPTHS.value]
   by_label = {finetune_label(s): s for s in ft_scalings} if _FT_STEPS.value else {}
@@ -98,35 +108,53 @@ def passkey_heatmaps(out_dir, run, target, methods, ft_scalings):
                            f"fine-tunes {sorted(by_label)}")
     rows += [{"method": r.pop("scheme"), **r} for r in passkey.passkey_grid(
         scorer, run.run.tokenizer, lengths, depths, trials=_HM_TRIALS.value, name=method)]
+  write_heatmaps(rows, out_dir, methods, run.train_len, target)
+  return rows
+
+
+def write_heatmaps(rows, out_dir, methods, train_len, target):
+  """`passkey.csv`, `passkey.md` and a `passkey_<method>.png` per method (of a cell's rows, e.g.
+  one per seed, the mean accuracy)."""
+  from posjax.evaluate import passkey, report
   for method in methods:
     mine = [r for r in rows if r["method"] == method]
     grid_depths, grid_lengths, values = passkey.accuracy_matrix(mine)
     report.heatmap(os.path.join(out_dir, f"passkey_{method}.png"), values, rows=grid_depths,
                    columns=grid_lengths, xlabel="context length (tokens)", ylabel="key depth",
-                   title=f"Passkey retrieval: {method} (trained at {run.train_len})")
+                   title=f"Passkey retrieval: {method} (trained at {train_len})")
   report.write_csv(os.path.join(out_dir, "passkey.csv"), rows)
   report.write_markdown(os.path.join(out_dir, "passkey.md"), rows,
                         title="Passkey retrieval by length and depth",
-                        notes=[f"scalings at factor {target / run.train_len:g}; fine-tunes at "
+                        notes=[f"scalings at factor {target / train_len:g}; fine-tunes at "
                                f"{target} tokens; accuracy: fraction of {_HM_TRIALS.value} keys "
-                               "whose digits are all the argmax of a teacher-forced pass"])
-  return rows
+                               "whose digits are all the argmax of a teacher-forced pass"]
+                        + (["the heatmaps show the mean over seeds"]
+                           if len({r.get("seed") for r in rows}) > 1 else []))
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  distributed.single_process("experiments.context_extension")  # before JAX is used
+def base_config(workdir: str, seed=None) -> ml_collections.ConfigDict:
+  """The base run's config: the one recorded in `workdir` (the command line's overrides, and the
+  seed, must agree with it), or `--config` with its overrides and `seed` for a new run."""
+  from posjax.run import record
+  given = ml_collections.ConfigDict(_CONFIG.value.to_dict())
+  overrides = list(config_flags.get_override_values(flags.FLAGS["config"]))
+  if seed is not None:
+    given.seed = given.data.seed = int(seed)
+    overrides += ["seed", "data.seed"]
+  return ml_collections.ConfigDict(
+      record.for_workdir(workdir, given, overrides=overrides).to_dict())
+
+
+def study(workdir: str, seed=None):
+  """The study of one base run (trained first if needed), reported in
+  `<workdir>/context_extension/`; returns its rows, passkey heatmap rows (each with `seed` when
+  given), the notes and the run."""
   from posjax.evaluate import context_extension as ce
   from posjax.evaluate import extrapolation
   from posjax.run.experiment import Run
   from posjax.train import context_extension as extend
   from posjax.train import loop
-  from posjax.run import record
-  workdir = _WORKDIR.value
-  given = config_flags.get_override_values(flags.FLAGS["config"])
-  config = ml_collections.ConfigDict(
-      record.for_workdir(workdir, _CONFIG.value, overrides=given).to_dict())
+  config = base_config(workdir, seed)
   out_dir = os.path.join(workdir, "context_extension")
   base = Run(config, workdir)
   run = extrapolation.load_run(workdir, state=loop.train(base), run=base)
@@ -157,10 +185,36 @@ def main(argv):
                  f"parameters; overrides {ft_overrides or 'none'}")
   paths = ce.write_report(rows, out_dir, notes=notes)
   print(open(paths["md"]).read(), flush=True)
+  heatmap_rows, hm_target = [], ft_targets[0] if _FT_STEPS.value else targets[0]
   if _HM_MULT.value:
-    hm_target = ft_targets[0] if _FT_STEPS.value else targets[0]
-    passkey_heatmaps(out_dir, run, hm_target, _HM_METHODS.value, ft_scalings)
+    heatmap_rows = passkey_heatmaps(out_dir, run, hm_target, _HM_METHODS.value, ft_scalings)
     print(open(os.path.join(out_dir, "passkey.md")).read(), flush=True)
+  if seed is not None:
+    rows, heatmap_rows = ([{"seed": int(seed), **r} for r in x] for x in (rows, heatmap_rows))
+  return rows, heatmap_rows, notes, run, hm_target
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  distributed.single_process("experiments.context_extension")  # before JAX is used
+  if not _SEEDS.value:
+    study(_WORKDIR.value)
+    return
+  from posjax.evaluate import context_extension as ce
+  rows, heatmap_rows = [], []
+  for seed in _SEEDS.value:
+    seed_dir = os.path.join(_WORKDIR.value, f"seed_{int(seed)}")
+    seed_rows, seed_heatmap_rows, notes, run, hm_target = study(seed_dir, int(seed))
+    rows += seed_rows
+    heatmap_rows += seed_heatmap_rows
+  out_dir = os.path.join(_WORKDIR.value, "context_extension")
+  notes[0] = (notes[0].replace(f"base run: {seed_dir}", f"base runs: {_WORKDIR.value}/seed_<s>", 1)
+              + "; each seed's own report is in its context_extension/")
+  paths = ce.write_report(rows, out_dir, notes=notes)
+  print(open(paths["md"]).read(), flush=True)
+  if heatmap_rows:
+    write_heatmaps(heatmap_rows, out_dir, _HM_METHODS.value, run.train_len, hm_target)
 
 
 if __name__ == "__main__":

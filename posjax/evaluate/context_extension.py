@@ -73,7 +73,8 @@ LINESTYLES = ("-", "--", ":", "-.")
 def method_series(rows: Sequence[dict]) -> list[report.Series]:
   """Perplexity against length, one line per (method, target): one color per method and one
   line style per target, so that a legend of more than ten lines stays unambiguous (the default
-  color cycle repeats after ten)."""
+  color cycle repeats after ten). Rows of `report.over_seeds` (with `perplexity_std`) get a
+  band of ± one standard deviation."""
   methods = list(dict.fromkeys(r["method"] for r in rows))
   targets = sorted({r["target_len"] for r in rows})
   series = []
@@ -86,20 +87,49 @@ def method_series(rows: Sequence[dict]) -> list[report.Series]:
                "linestyle": LINESTYLES[targets.index(target) % len(LINESTYLES)]}
       if len(methods) > 10:  # colors repeat: the marker tells the two apart
         style["marker"] = "os^v"[methods.index(method) // 10 % 4]
-      series.append(report.Series(label, [r["length"] for r in mine],
-                                  [r["perplexity"] for r in mine], style))
+      ppl = [r["perplexity"] for r in mine]
+      band = {}
+      if all("perplexity_std" in r for r in mine):
+        std = [r["perplexity_std"] for r in mine]
+        band = {"low": [p - d for p, d in zip(ppl, std)], "high": [p + d for p, d in zip(ppl, std)]}
+      series.append(report.Series(label, [r["length"] for r in mine], ppl, style, **band))
   return series
+
+
+GROUP = ("method", "target_len", "factor", "length")
+MEASURES = ("perplexity", "loss", "token_accuracy", "passkey")
+
+
+def over_seeds(rows: Sequence[dict]) -> list[dict]:
+  """`evaluate_scalings` rows of several seeds (each with a `seed`), one row per (method, target,
+  length): each measure's mean, `<measure>_std` and `seeds` (`report.over_seeds`)."""
+  return report.over_seeds(rows, GROUP, MEASURES)
+
+
+def _blank_if_missing(cell: str) -> str:
+  return "" if cell == "n/a" else cell  # as a single run's table: passkey not measured
 
 
 def write_report(rows: Sequence[dict], out_dir: str, *, title: str = "",
                  notes: Sequence[str] = ()) -> dict[str, str]:
-  """`results.csv`, `results.md` and `ppl_by_method.png` (perplexity vs length per method)."""
+  """`results.csv` (every row), `results.md` and `ppl_by_method.png` (perplexity vs length per
+  method). Rows of more than one `seed` are shown as the mean ± sample std over seeds, and the
+  plot shades ± one std."""
   os.makedirs(out_dir, exist_ok=True)
+  table, lines = rows, rows
+  if len({r.get("seed") for r in rows}) > 1:
+    lines = over_seeds(rows)
+    table = [{**{k: r[k] for k in GROUP}, "seeds": r["seeds"],
+              **{m: _blank_if_missing(report.mean_std(r, m, 3 if m == "perplexity" else 4))
+                 for m in MEASURES}}
+             for r in lines]
+    notes = [f"seeds {', '.join(str(s) for s in sorted({r['seed'] for r in rows}))}: "
+             "mean ± sample std over seeds (every run in results.csv)", *notes]
   return {
       "csv": report.write_csv(os.path.join(out_dir, "results.csv"), rows),
-      "md": report.write_markdown(os.path.join(out_dir, "results.md"), rows,
+      "md": report.write_markdown(os.path.join(out_dir, "results.md"), table,
                                   title=title or "RoPE context extension", notes=notes),
-      "png": report.line_plot(os.path.join(out_dir, "ppl_by_method.png"), method_series(rows),
+      "png": report.line_plot(os.path.join(out_dir, "ppl_by_method.png"), method_series(lines),
                               xlabel="evaluation length (tokens)", ylabel="perplexity",
                               title=title or "RoPE context extension", log2_x=True, log_y=True),
   }

@@ -82,13 +82,18 @@ def passkey_grid(scorer: Scorer, tokenizer, lengths: Sequence[int],
 
 
 def accuracy_matrix(rows: Sequence[dict]) -> tuple[list[float], list[int], np.ndarray]:
-  """`(depths, lengths, accuracy[depth, length])` of `passkey_grid` rows (NaN where skipped)."""
+  """`(depths, lengths, accuracy[depth, length])` of `passkey_grid` rows (NaN where skipped);
+  a cell with several rows (e.g. one per seed) holds their mean."""
   depths = sorted({r["depth"] for r in rows})
   lengths = sorted({r["length"] for r in rows})
-  values = np.full((len(depths), len(lengths)), np.nan)
+  cells: dict[tuple[int, int], list[float]] = {}
   for r in rows:
     if r["accuracy"] is not None:
-      values[depths.index(r["depth"]), lengths.index(r["length"])] = r["accuracy"]
+      cells.setdefault((depths.index(r["depth"]), lengths.index(r["length"])), []).append(
+          r["accuracy"])
+  values = np.full((len(depths), len(lengths)), np.nan)
+  for cell, accuracies in cells.items():
+    values[cell] = np.mean(accuracies)
   return depths, lengths, values
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -10,6 +13,7 @@ import pytest
 
 from posjax.evaluate import context_extension as ce
 from posjax.evaluate import extrapolation as ex
+from posjax.evaluate import report
 from posjax.train import context_extension as extend
 from test_extrapolation import fresh_run, save_checkpoint, tiny_config
 
@@ -114,3 +118,48 @@ def test_each_line_of_the_plot_has_its_own_style():
   assert len(styles) == len(series)
   assert {s.style["color"] for s in series if s.label.startswith("none")} == {"C0"}
   assert [s.x for s in series[:2]] == [[128, 512], [128, 1024]]
+
+
+def test_report_of_several_seeds_is_their_mean_and_std(tmp_path):
+  rows = [{"seed": seed, "method": "linear", "target_len": 64, "factor": 2.0, "length": 64,
+           "loss": loss, "perplexity": float(np.exp(loss)), "token_accuracy": 0.5,
+           "tokens": 100, "passkey": None} for seed, loss in ((0, 1.0), (1, 2.0))]
+  paths = ce.write_report(rows, str(tmp_path))
+  text = open(paths["md"]).read()
+  mean, std = np.mean(np.exp([1.0, 2.0])), np.std(np.exp([1.0, 2.0]), ddof=1)
+  assert f"| linear | 64 | 2.0000 | 64 | 2 | {mean:.3f} ± {std:.3f} | 1.5000 ± 0.7071 |" in text
+  assert "seeds 0, 1: mean ± sample std over seeds" in text
+  assert [r["seed"] for r in report.read_csv(paths["csv"])] == ["0", "1"]  # every run kept
+  [series] = ce.method_series(ce.over_seeds(rows))
+  assert series.low == pytest.approx([mean - std]) and series.high == pytest.approx([mean + std])
+
+
+@pytest.mark.slow
+def test_the_study_over_seeds_trains_a_base_run_per_seed_and_averages(tmp_path):
+  root = pathlib.Path(__file__).resolve().parents[2]
+  subprocess.run([sys.executable, "-m", "experiments.context_extension",
+                  "--config=configs/lm.py:rope,tiny", f"--workdir={tmp_path}", "--seeds=0,1",
+                  "--targets=2", "--scalings=linear", "--num_tokens=256", "--passkey_trials=0",
+                  "--heatmap_multipliers=1,4", "--heatmap_methods=none,linear",
+                  "--heatmap_trials=1"], cwd=root, check=True, capture_output=True)
+  per_seed = {}
+  for seed in (0, 1):
+    config = json.loads((tmp_path / f"seed_{seed}" / "config.json").read_text())
+    assert config["seed"] == config["data"]["seed"] == seed
+    per_seed[seed] = report.read_csv(str(tmp_path / f"seed_{seed}" / "context_extension" /
+                                         "results.csv"))
+  assert per_seed[0] != per_seed[1]  # two seeds, two runs
+  out = tmp_path / "context_extension"
+  rows = report.read_csv(str(out / "results.csv"))
+  assert sorted({r["seed"] for r in rows}) == ["0", "1"] and len(rows) == 2 * len(per_seed[0])
+  for r in rows:  # each seed's rows, as in its own report
+    mine = next(s for s in per_seed[int(r["seed"])] if (s["method"], s["length"]) ==
+                (r["method"], r["length"]))
+    assert float(r["perplexity"]) == pytest.approx(float(mine["perplexity"]))
+  none_32 = [float(r["perplexity"]) for r in rows if (r["method"], r["length"]) == ("none", "32")]
+  mean, std = np.mean(none_32), np.std(none_32, ddof=1)
+  assert f"| none | 64 | 1.0000 | 32 | 2 | {mean:.3f} ± {std:.3f} |" in (out / "results.md").read_text()
+  grid = report.read_csv(str(out / "passkey.csv"))
+  assert {r["seed"] for r in grid} == {"0", "1"} and {r["length"] for r in grid} == {"32", "128"}
+  for name in ("ppl_by_method.png", "passkey_none.png", "passkey_linear.png"):
+    assert (out / name).exists()
