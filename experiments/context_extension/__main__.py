@@ -147,8 +147,8 @@ def base_config(workdir: str, seed=None) -> ml_collections.ConfigDict:
 
 def study(workdir: str, seed=None):
   """The study of one base run (trained first if needed), reported in
-  `<workdir>/context_extension/`; returns its rows, passkey heatmap rows (each with `seed` when
-  given), the notes and the run."""
+  `<workdir>/context_extension/`; returns its rows and passkey heatmap rows (each with `seed`
+  when given), the report's notes, the run and the heatmaps' target length."""
   from posjax.evaluate import context_extension as ce
   from posjax.evaluate import extrapolation
   from posjax.run.experiment import Run
