@@ -5,7 +5,7 @@
       --finetune_scaling=none,linear [--finetune_targets=4] [--finetune.train.learning_rate=1e-3] \
       [--finetune.data.global_batch_size=4]] \
       [--heatmap_multipliers=1,2,4 --heatmap_methods=none,yarn,finetune+linear] \
-      [--config.train.steps=...] [--seeds=0,1,2]
+      [--config.train.steps=...] [--seeds=0,1,2 [--gather]]
 
 The base run is the one recorded in `--workdir` (its `config.json`; `--config.<field>` overrides
 must agree with it, as for `posjax.main --config.mode=eval`); a workdir without a run gets one
@@ -32,11 +32,16 @@ With `--seeds=0,1,2`, `--workdir` holds one base run per seed, `<workdir>/seed_<
 `experiments.extrapolation` lays its runs out), and each gets the whole study above in its own
 `context_extension/`. Then `<workdir>/context_extension/` holds every seed's rows
 (`results.csv`, `passkey.csv`), the mean ± sample std over seeds (`results.md`), the perplexity
-plot with ± std bands and heatmaps of the mean accuracy over seeds.
+plot with ± std bands and heatmaps of the mean accuracy over seeds. Seeds can be studied apart
+(e.g. one process or machine each, `--seeds=<s>`, same workdir and flags): `--seeds=0,1,2
+--gather` then trains and evaluates nothing and writes the aggregate from the seeds' recorded
+studies (`seed_<s>/context_extension/study.json`: the study's settings, base run and rows),
+refusing a seed that is missing or was studied with other settings.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -73,7 +78,11 @@ _HM_TRIALS = flags.DEFINE_integer("heatmap_trials", 5, "Keys per heatmap cell.")
 _SEEDS = flags.DEFINE_list("seeds", "", "One base run per seed in <workdir>/seed_<s>, each "
                            "studied, then the mean ± std over seeds (empty: --workdir is the "
                            "one base run).")
+_GATHER = flags.DEFINE_bool("gather", False, "With --seeds: only gather the seeds' recorded "
+                            "studies into the aggregate (no training, no evaluation).")
 flags.mark_flags_as_required(["workdir"])
+
+STUDY_FILE = "study.json"  # in a base run's context_extension/: what `gather` reads
 
 
 def finetune_scalings(values) -> list:
@@ -145,10 +154,30 @@ def base_config(workdir: str, seed=None) -> ml_collections.ConfigDict:
       record.for_workdir(workdir, given, overrides=overrides).to_dict())
 
 
-def study(workdir: str, seed=None):
+def study_settings() -> dict:
+  """The flags that decide a study's rows: seeds gathered into one aggregate must share them."""
+  return json.loads(json.dumps({
+      "targets": _TARGETS.value, "scalings": _SCALINGS.value,
+      "finetune_steps": _FT_STEPS.value, "finetune_scaling": _FT_SCALING.value,
+      "finetune_targets": _FT_TARGETS.value,
+      "finetune_overrides": dict(config_flags.get_override_values(flags.FLAGS["finetune"])),
+      "passkey_trials": _PASSKEY.value, "num_tokens": _TOKENS.value,
+      "heatmap_multipliers": _HM_MULT.value, "heatmap_methods": _HM_METHODS.value,
+      "heatmap_depths": _HM_DEPTHS.value, "heatmap_trials": _HM_TRIALS.value}))
+
+
+def base_note(base: str, pe: str, train_len: int, steps) -> str:
+  """The report's first note: which base run(s), and how the scalings' factors are set."""
+  return (f"{base} ({pe}, trained at {train_len} tokens, step {steps}); scalings use factor = "
+          f"target / {train_len}, original_max_len = {train_len}; perplexity over "
+          "non-overlapping windows of the validation text")
+
+
+def study(workdir: str, seed=None) -> dict:
   """The study of one base run (trained first if needed), reported in
-  `<workdir>/context_extension/`; returns its rows and passkey heatmap rows (each with `seed`
-  when given), the report's notes, the run and the heatmaps' target length."""
+  `<workdir>/context_extension/` and recorded there as `study.json`, which it also returns:
+  `settings` (`study_settings()`), `base` (the run's `pe`, `train_len` and `step`), `rows` and
+  `heatmap_rows` (each with `seed` when given), `notes` and `heatmap_target`."""
   from posjax.evaluate import context_extension as ce
   from posjax.evaluate import extrapolation
   from posjax.run.experiment import Run
@@ -175,9 +204,7 @@ def study(workdir: str, seed=None):
       rows += ce.evaluate_scalings(ft_run, [target], (), method_label=finetune_label(scaling),
                                    base_len=run.train_len, **eval_kwargs)
       logging.info("fine-tune %s at %d done", finetune_label(scaling), target)
-  notes = [f"base run: {workdir} ({run.cfg.pe}, trained at {run.train_len} tokens, step "
-           f"{run.step}); scalings use factor = target / {run.train_len}, original_max_len = "
-           f"{run.train_len}; perplexity over non-overlapping windows of the validation text",
+  notes = [base_note(f"base run: {workdir}", run.cfg.pe, run.train_len, run.step),
            "passkey: mean accuracy over depths 0, 0.5, 1 (teacher-forced argmax of the key "
            "digits); empty below the shortest prompt or when not measured"]
   if _FT_STEPS.value:
@@ -191,30 +218,62 @@ def study(workdir: str, seed=None):
     print(open(os.path.join(out_dir, "passkey.md")).read(), flush=True)
   if seed is not None:
     rows, heatmap_rows = ([{"seed": int(seed), **r} for r in x] for x in (rows, heatmap_rows))
-  return rows, heatmap_rows, notes, run, hm_target
+  recorded = {"settings": study_settings(),
+              "base": {"pe": run.cfg.pe, "train_len": run.train_len, "step": int(run.step)},
+              "rows": rows, "heatmap_rows": heatmap_rows, "notes": notes,
+              "heatmap_target": hm_target}
+  with open(os.path.join(out_dir, STUDY_FILE), "w") as f:
+    json.dump(recorded, f, indent=1, default=lambda x: x.item())  # numpy scalars
+  return recorded
+
+
+def recorded_study(workdir: str, seed: int) -> dict:
+  """The study recorded in `workdir` for `gather`: its base run must agree with `--config` and
+  `seed`, and its settings with this command's flags."""
+  base_config(workdir, seed)  # the recorded run agrees with the command line and the seed
+  path = os.path.join(workdir, "context_extension", STUDY_FILE)
+  if not os.path.exists(path):
+    raise app.UsageError(f"--gather: seed {seed} has no recorded study ({path}); study it "
+                         f"first with --seeds={seed}")
+  with open(path) as f:
+    recorded = json.load(f)
+  mine = study_settings()
+  differ = sorted(k for k in mine.keys() | recorded["settings"].keys()
+                  if mine.get(k) != recorded["settings"].get(k))
+  if differ:
+    raise app.UsageError(f"--gather: seed {seed} was studied with other settings ({path}): " +
+                         "; ".join(f"--{k}: recorded {recorded['settings'].get(k)!r}, given "
+                                   f"{mine.get(k)!r}" for k in differ))
+  return recorded
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _GATHER.value and not _SEEDS.value:
+    raise app.UsageError("--gather gathers the studies of --seeds: give them")
   distributed.single_process("experiments.context_extension")  # before JAX is used
   if not _SEEDS.value:
     study(_WORKDIR.value)
     return
   from posjax.evaluate import context_extension as ce
-  rows, heatmap_rows = [], []
-  for seed in _SEEDS.value:
-    seed_dir = os.path.join(_WORKDIR.value, f"seed_{int(seed)}")
-    seed_rows, seed_heatmap_rows, notes, run, hm_target = study(seed_dir, int(seed))
-    rows += seed_rows
-    heatmap_rows += seed_heatmap_rows
+  seed_dirs = {int(s): os.path.join(_WORKDIR.value, f"seed_{int(s)}") for s in _SEEDS.value}
+  if _GATHER.value:  # every seed checked before anything is written
+    studies = [recorded_study(d, s) for s, d in seed_dirs.items()]
+  else:
+    studies = [study(d, s) for s, d in seed_dirs.items()]
+  bases = [s["base"] for s in studies]
+  steps = sorted({b["step"] for b in bases})
+  notes = [base_note(f"base runs: {_WORKDIR.value}/seed_<s>", bases[0]["pe"],
+                     bases[0]["train_len"], "/".join(str(s) for s in steps))
+           + "; each seed's own report is in its context_extension/", *studies[0]["notes"][1:]]
   out_dir = os.path.join(_WORKDIR.value, "context_extension")
-  notes[0] = (notes[0].replace(f"base run: {seed_dir}", f"base runs: {_WORKDIR.value}/seed_<s>", 1)
-              + "; each seed's own report is in its context_extension/")
-  paths = ce.write_report(rows, out_dir, notes=notes)
+  paths = ce.write_report([r for s in studies for r in s["rows"]], out_dir, notes=notes)
   print(open(paths["md"]).read(), flush=True)
+  heatmap_rows = [r for s in studies for r in s["heatmap_rows"]]
   if heatmap_rows:
-    write_heatmaps(heatmap_rows, out_dir, _HM_METHODS.value, run.train_len, hm_target)
+    write_heatmaps(heatmap_rows, out_dir, _HM_METHODS.value, bases[0]["train_len"],
+                   studies[0]["heatmap_target"])
 
 
 if __name__ == "__main__":

@@ -163,3 +163,22 @@ def test_the_study_over_seeds_trains_a_base_run_per_seed_and_averages(tmp_path):
   assert {r["seed"] for r in grid} == {"0", "1"} and {r["length"] for r in grid} == {"32", "128"}
   for name in ("ppl_by_method.png", "passkey_none.png", "passkey_linear.png"):
     assert (out / name).exists()
+
+  # Gathering the recorded studies (as after one process per seed) rewrites the same aggregate
+  # without training or evaluating; a seed studied otherwise, or not at all, is refused.
+  written = {name: (out / name).read_text() for name in ("results.csv", "results.md", "passkey.csv")}
+  for name in written:
+    (out / name).unlink()
+  gather = [sys.executable, "-m", "experiments.context_extension",
+            "--config=configs/lm.py:rope,tiny", f"--workdir={tmp_path}", "--targets=2",
+            "--scalings=linear", "--num_tokens=256", "--passkey_trials=0",
+            "--heatmap_multipliers=1,4", "--heatmap_methods=none,linear", "--gather"]
+  subprocess.run(gather + ["--seeds=0,1", "--heatmap_trials=1"], cwd=root, check=True,
+                 capture_output=True)
+  assert {name: (out / name).read_text() for name in written} == written
+  for flags, message in ((["--seeds=0,1", "--heatmap_trials=2"],
+                          "--heatmap_trials: recorded 1, given 2"),
+                         (["--seeds=0,1,2", "--heatmap_trials=1"],
+                          "seed 2 has no recorded study")):
+    done = subprocess.run(gather + flags, cwd=root, capture_output=True, text=True)
+    assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
