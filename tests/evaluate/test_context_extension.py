@@ -137,11 +137,12 @@ def test_report_of_several_seeds_is_their_mean_and_std(tmp_path):
 @pytest.mark.slow
 def test_the_study_over_seeds_trains_a_base_run_per_seed_and_averages(tmp_path):
   root = pathlib.Path(__file__).resolve().parents[2]
-  subprocess.run([sys.executable, "-m", "experiments.context_extension",
-                  "--config=configs/lm.py:rope,tiny", f"--workdir={tmp_path}", "--seeds=0,1",
-                  "--targets=2", "--scalings=linear", "--num_tokens=256", "--passkey_trials=0",
-                  "--heatmap_multipliers=1,4", "--heatmap_methods=none,linear",
-                  "--heatmap_trials=1"], cwd=root, check=True, capture_output=True)
+  command = [sys.executable, "-m", "experiments.context_extension",
+             "--config=configs/lm.py:rope,tiny", f"--workdir={tmp_path}", "--targets=2",
+             "--scalings=linear", "--num_tokens=256", "--passkey_trials=0",
+             "--heatmap_multipliers=1,4", "--heatmap_methods=none,linear"]
+  subprocess.run(command + ["--seeds=0,1", "--heatmap_trials=1"], cwd=root, check=True,
+                 capture_output=True)
   per_seed = {}
   for seed in (0, 1):
     config = json.loads((tmp_path / f"seed_{seed}" / "config.json").read_text())
@@ -169,10 +170,7 @@ def test_the_study_over_seeds_trains_a_base_run_per_seed_and_averages(tmp_path):
   written = {name: (out / name).read_text() for name in ("results.csv", "results.md", "passkey.csv")}
   for name in written:
     (out / name).unlink()
-  gather = [sys.executable, "-m", "experiments.context_extension",
-            "--config=configs/lm.py:rope,tiny", f"--workdir={tmp_path}", "--targets=2",
-            "--scalings=linear", "--num_tokens=256", "--passkey_trials=0",
-            "--heatmap_multipliers=1,4", "--heatmap_methods=none,linear", "--gather"]
+  gather = command + ["--gather"]
   subprocess.run(gather + ["--seeds=0,1", "--heatmap_trials=1"], cwd=root, check=True,
                  capture_output=True)
   assert {name: (out / name).read_text() for name in written} == written
