@@ -107,7 +107,8 @@ def get_config(arg=None):
       best_metric="eval/loss",        # also keep the best checkpoint by this ("" to disable)
       best_mode="min",                # min (loss-like best_metric) or max (accuracy-like)
       early_stopping_patience=0,      # evaluations without improvement before stopping (0: off)
-      init_from="",                   # a checkpoint directory: parameters only (fine-tuning)
+      init_from="",                   # a checkpoint directory: parameters only (fine-tuning);
+                                      # {seed} becomes config.seed (runs/base/seed_{seed})
       init_from_hf="",                # or a Hugging Face BERT directory (config.json, weights,
                                       # vocab.txt): its model config and WordPiece vocabulary
                                       # replace config.model and data.tokenizer

@@ -88,7 +88,7 @@ class Run:
           state.params, self.word_vectors, self.tokenizer,
           tied=self.cfg.tie_embeddings and self.family in ("decoder", "mlm", "encoder_decoder"),
           log_path=f"{self.workdir}/train.log" if jax.process_index() == 0 else None))
-    source = self.config.train.init_from
+    source = init_from.source_path(self.config.train.init_from, self.config.seed)
     abstract_params = self.trainable.abstract_state.params
     if source and isinstance(self.objective, objectives.LanguageModeling):  # the same model
       state = state.replace(params=init_from.restore_params(source, abstract_params))

@@ -22,6 +22,19 @@ from posjax.run.checkpointing import (PARAMS_KEY, STATE, DamagedCheckpoint, brie
 
 
 
+def source_path(init_from: str, seed: int) -> str:
+  """`train.init_from` with `{seed}` replaced by the run's seed, so that one config (and one
+  study command over `--seeds`) starts each seed from its own run, e.g. `runs/base/seed_{seed}`;
+  the run records the template, and its log the path taken."""
+  if "{" not in init_from and "}" not in init_from:
+    return init_from
+  try:
+    return init_from.format(seed=int(seed))
+  except (KeyError, IndexError, ValueError) as e:
+    raise ValueError(f"train.init_from={init_from!r}: the only placeholder it may hold is "
+                     f"{{seed}} (the run's seed), got {e!r}") from None
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[epath.Path, int]:
   """The step directory and step for `path`: a workdir, its `checkpoints` dir, or one step dir.
 

@@ -124,6 +124,20 @@ def test_init_from_loads_pretrained_parameters_only(tmp_path):
                jax.device_get(pretrained.params))
 
 
+def test_init_from_seed_placeholder_takes_each_seeds_own_run(tmp_path):
+  pretrained = {s: loop.train(Run(get_config(seed=s), str(tmp_path / f"pre_{s}")))
+                for s in (0, 1)}
+  template = str(tmp_path / "pre_{seed}")
+  for s in (0, 1):
+    state = Run(get_config(seed=s, **{"train.init_from": template}),
+                str(tmp_path / f"fine_{s}")).init_state()
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
+                 jax.device_get(pretrained[s].params))
+  with pytest.raises(ValueError, match=r"the only placeholder it may hold is \{seed\}"):
+    Run(get_config(**{"train.init_from": str(tmp_path / "pre_{step}")}),
+        str(tmp_path / "bad")).init_state()
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_good_checkpoints(tmp_path):
   loop.train(Run(get_config(), str(tmp_path)), stop_after=3)
   exploding = get_config(**{"train.learning_rate": 1e35, "train.grad_clip_norm": 1e38})
