@@ -129,6 +129,9 @@ def get_config(arg=None):
       num_batches=32,                 # at seq_len; at k × seq_len, num_batches / k, so every
                                       # length scores the same text (0: the whole split)
       batch_size=8,
+      passkey_trials=0,               # task=lm: each validation also scores passkey retrieval at
+                                      # seq_len (this many evaluation keys at each of 5 depths):
+                                      # eval/passkey_accuracy (0: not scored)
   ))
 
   config.generate = ml_collections.ConfigDict(dict(  # mode=generate

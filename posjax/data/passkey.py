@@ -110,6 +110,24 @@ def passkey_keys(trials: int, seed: int = 0) -> list[str]:
   return [str(k) for k in rng.integers(10000, 100000, size=trials)]
 
 
+def evaluation_rows(tokenizer, length: int, trials: int, depths=DEFAULT_DEPTHS,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+  """The prompts of `length` inputs for `trials` evaluation keys (`passkey_keys(trials, seed)`)
+  at each of `depths`, as LM rows (`{inputs, targets, positions, segment_ids, weights}`,
+  `[len(depths) * trials, length]`) whose only weighted targets are the answer's digits: a row is
+  retrieved when every weighted target is the argmax."""
+  prompts = [make_prompt(tokenizer, length, d, k) for d in depths
+             for k in passkey_keys(trials, seed)]
+  n = len(prompts)
+  weights = np.zeros([n, length], np.float32)
+  for row, p in enumerate(prompts):
+    weights[row, p.answer_positions - 1] = 1.0  # target t is token t + 1
+  tokens = np.stack([p.tokens for p in prompts])
+  return dict(inputs=tokens[:, :-1], targets=tokens[:, 1:],
+              positions=np.broadcast_to(np.arange(length, dtype=np.int32), (n, length)).copy(),
+              segment_ids=np.ones([n, length], np.int32), weights=weights)
+
+
 HELD_OUT_KEYS = 256  # the evaluation keys of every seed < 4 and up to 64 trials never train
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import matplotlib.image
 import numpy as np
 import pytest
@@ -185,3 +187,71 @@ def test_training_keys_may_be_longer_than_the_evaluation_keys():
     prompts.PasskeyRows(tok, 128, 0.1, max_digits=16)
   with pytest.raises(ValueError, match=r"passkey_max_digits must be in \[5, 18\]"):
     prompts.PasskeyRows(tok, 128, 0.1, max_digits=4)
+
+
+def test_evaluation_rows_weight_only_the_answer_digits():
+  rows = prompts.evaluation_rows(TOK, 191, 2)
+  assert rows["inputs"].shape == (10, 191)  # 5 depths × 2 keys
+  for row, (depth, key) in enumerate((d, k) for d in prompts.DEFAULT_DEPTHS
+                                     for k in prompts.passkey_keys(2)):
+    assert TOK.decode(np.r_[rows["inputs"][row], rows["targets"][row, -1:]]) == text(
+        prompts.make_prompt(TOK, 191, depth, key))
+    assert TOK.decode(rows["targets"][row][rows["weights"][row] > 0]) == key
+
+
+def lm_run(tmp_path, **overrides):
+  import os
+  from posjax.configs import load_config
+  from posjax.run.experiment import Run
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  config = load_config(f"{root}/configs/lm.py:tiny", **{"data.seq_len": 128, **overrides})
+  return Run(config, str(tmp_path))
+
+
+def test_validation_passkey_counts_a_key_retrieved_only_with_all_its_digits(tmp_path):
+  # A forced predict step: right on every digit of keys whose first digit's token id is odd,
+  # wrong on the last digit of the others; 3 keys × 5 depths = 15 prompts in batches of 8, the last padded.
+  import jax.numpy as jnp
+  run = lm_run(tmp_path, **{"eval.passkey_trials": 3})
+  state = run.init_state()
+  keys = prompts.passkey_keys(3)
+
+  def forced(params, rest, batch):
+    targets, weights = batch["targets"], batch["weights"]
+    first = jnp.argmax(weights > 0, axis=-1)
+    odd = jnp.take_along_axis(targets, first[:, None], -1)[:, 0] % 2 == 1
+    last = weights.shape[1] - 1 - jnp.argmax((weights > 0)[:, ::-1], axis=-1)
+    wrong = (~odd)[:, None] & (jnp.arange(weights.shape[1])[None] == last[:, None])
+    predictions = jnp.where(wrong, targets + 1, targets)
+    return {"loss_sum": jnp.sum(weights), "weight_sum": jnp.sum(weights),
+            "correct_sum": jnp.sum((predictions == targets) * weights),
+            "predictions": predictions}
+
+  run.trainable = dataclasses.replace(run.trainable, predict_step=forced)
+  metrics = run.objective.passkey(run, state)
+  odd = sum(TOK.encode(k)[0] % 2 for k in keys)
+  assert 0 < odd < 3
+  assert metrics["eval/passkey_accuracy"] == pytest.approx(odd / 3)
+  assert metrics["eval/passkey_digit_accuracy"] == pytest.approx((5 * odd + 4 * (3 - odd)) / 15)
+
+
+def test_validation_passkey_agrees_with_the_passkey_grid(tmp_path):
+  # The metric logged while training (run's predict step) against posjax.evaluate.passkey (its
+  # own scorer) on the same trained parameters.
+  import json
+  from posjax.evaluate import scoring
+  from posjax.train import loop
+  run = lm_run(tmp_path, **{"eval.passkey_trials": 2, "data.passkey_fraction": 0.5})
+  loop.train(run)
+  logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  final = [m for m in logged if "eval/passkey_accuracy" in m][-1]
+  rows = pk.run_passkey(scoring.load_run(str(tmp_path)), (1,), trials=2)
+  assert final["eval/passkey_accuracy"] == pytest.approx(np.mean([r["accuracy"] for r in rows]))
+  assert final["eval/passkey_digit_accuracy"] == pytest.approx(
+      np.mean([r["digit_accuracy"] for r in rows]), abs=1e-6)
+  assert 0 < final["eval/passkey_digit_accuracy"] < 1
+
+
+def test_validation_passkey_needs_an_lm_run_long_enough_for_a_prompt(tmp_path):
+  with pytest.raises(ValueError, match=r"a passkey prompt needs data.seq_len >= 101, got 64"):
+    lm_run(tmp_path, **{"eval.passkey_trials": 2, "data.seq_len": 64})

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-import jax
-import numpy as np
-from jax.experimental.multihost_utils import process_allgather
-
 from posjax.data import algorithmic
 from posjax.run.config import table_limit
+from posjax.run.objectives.text import exact_match_evaluation
 
 
 POSITIONS = ("contiguous", "randomized")
@@ -108,19 +105,9 @@ class Algorithmic:
                         num_batches=e.num_batches)
 
   def validate(self, run, state) -> dict[str, float]:
-    totals = {"loss_sum": 0.0, "weight_sum": 0.0, "correct_sum": 0.0}
-    right = examples = 0
-    for host_batch in run.dataset("validation", self.train_seq_len,
-                                  self.config.eval.batch_size, train=False):
-      batch = run.global_batch(host_batch)
-      out = run.trainable.predict_step(state.params, state.rest, batch)
-      for k in totals:
-        totals[k] += float(jax.device_get(out[k]))
-      rows = process_allgather({"predictions": out["predictions"], "targets": batch["targets"],
-                                "weights": batch["weights"]}, tiled=True)
-      wrong = (rows["predictions"] != rows["targets"]) & (rows["weights"] > 0)
-      right += int(np.sum(~wrong.any(axis=-1)))
-      examples += len(wrong)
+    totals, right, examples = exact_match_evaluation(
+        run, state, run.dataset("validation", self.train_seq_len, self.config.eval.batch_size,
+                                train=False))
     return {"eval/loss": totals["loss_sum"] / totals["weight_sum"],
             "eval/token_accuracy": totals["correct_sum"] / totals["weight_sum"],
             "eval/seq_accuracy": right / examples}

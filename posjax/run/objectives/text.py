@@ -8,8 +8,11 @@ from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
+from jax.experimental.multihost_utils import process_allgather
 
 from posjax import data
+from posjax.data import passkey
+from posjax.run import sharding
 from posjax.run.config import window_problems
 
 
@@ -38,6 +41,40 @@ def summed_evaluation(run, state, seq_len: int, num_batches: int,
     for k in totals:
       totals[k] += float(out[k])
   return totals
+
+
+def exact_match_evaluation(run, state, host_batches) -> tuple[dict[str, float], int, int]:
+  """`(sums, right, rows)` of the run's predict step over `host_batches` (this process's share of
+  each global batch): the eval step's sums, and how many of the rows with a weighted target have
+  every weighted target predicted (teacher-forced argmax), of how many such rows."""
+  totals = {"loss_sum": 0.0, "weight_sum": 0.0, "correct_sum": 0.0}
+  right = rows = 0
+  for host_batch in host_batches:
+    batch = run.global_batch(host_batch)
+    out = run.trainable.predict_step(state.params, state.rest, batch)
+    for k in totals:
+      totals[k] += float(jax.device_get(out[k]))
+    gathered = process_allgather({"predictions": out["predictions"], "targets": batch["targets"],
+                                  "weights": batch["weights"]}, tiled=True)
+    scored = gathered["weights"] > 0
+    wrong = (gathered["predictions"] != gathered["targets"]) & scored
+    right += int(np.sum(~wrong.any(axis=-1) & scored.any(axis=-1)))
+    rows += int(np.sum(scored.any(axis=-1)))
+  return totals, right, rows
+
+
+def host_batches(rows: dict[str, np.ndarray], batch_size: int, run):
+  """This process's share of `rows` cut into global batches of `batch_size` rows, the last one
+  padded with weightless copies of the first row."""
+  index, count = sharding.batch_share(run.mesh)
+  n = len(rows["inputs"])
+  for start in range(0, n, batch_size):
+    take = np.arange(start, start + batch_size)
+    batch = {k: v[np.minimum(take, n - 1) if start + batch_size > n else take]
+             for k, v in rows.items()}
+    batch["weights"] = np.where((take < n)[:, None], batch["weights"], 0.0).astype(np.float32)
+    share = batch_size // count
+    yield {k: v[index * share:(index + 1) * share] for k, v in batch.items()}
 
 
 class TextObjective:
@@ -85,6 +122,17 @@ class LanguageModeling(TextObjective):
     if fraction and not 5 <= digits <= 18:
       problems.append(f"data.passkey_max_digits={digits}: the mixture's keys have 5 to this many "
                       "digits, at most 18")
+    trials = self.config.eval.get("passkey_trials", 0)
+    if trials and self.config.task != "lm":
+      problems.append(f"eval.passkey_trials={trials}: passkey retrieval is scored for task=lm "
+                      "(next-token) runs")
+    elif trials and trials < 0:
+      problems.append(f"eval.passkey_trials={trials}: a number of keys per depth, >= 0")
+    elif trials:
+      shortest = passkey.min_length(self.tokenizer())
+      if self.config.data.seq_len < shortest:
+        problems.append(f"eval.passkey_trials={trials}: a passkey prompt needs data.seq_len >= "
+                        f"{shortest}, got {self.config.data.seq_len}")
     return problems
 
   def dataset(self, tokenizer, split: str, seq_len: int, **pipeline):
@@ -98,8 +146,22 @@ class LanguageModeling(TextObjective):
   def validate(self, run, state) -> dict[str, float]:
     result = self.evaluate_length(run, state, self.config.data.seq_len,
                                   self.config.eval.num_batches)
-    return {"eval/loss": result.loss, "eval/perplexity": result.perplexity,
-            "eval/accuracy": result.accuracy}
+    metrics = {"eval/loss": result.loss, "eval/perplexity": result.perplexity,
+               "eval/accuracy": result.accuracy}
+    if self.config.eval.get("passkey_trials", 0):
+      metrics.update(self.passkey(run, state))
+    return metrics
+
+  def passkey(self, run, state) -> dict[str, float]:
+    """Passkey retrieval at the training length (`eval.passkey_trials` evaluation keys at each
+    depth of `posjax.data.passkey.DEFAULT_DEPTHS`, never keys of the training mixture): the
+    fraction of keys whose digits are all the teacher-forced argmax, and of digits."""
+    rows = passkey.evaluation_rows(run.tokenizer, self.config.data.seq_len,
+                                   int(self.config.eval.passkey_trials))
+    totals, right, prompts = exact_match_evaluation(
+        run, state, host_batches(rows, self.config.eval.batch_size, run))
+    return {"eval/passkey_accuracy": right / prompts,
+            "eval/passkey_digit_accuracy": totals["correct_sum"] / totals["weight_sum"]}
 
   def evaluate_length(self, run, state, seq_len: int, num_batches: int) -> LengthResult:
     """Validation loss over non-overlapping windows of `seq_len` tokens (the first
