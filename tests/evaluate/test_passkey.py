@@ -255,3 +255,5 @@ def test_validation_passkey_agrees_with_the_passkey_grid(tmp_path):
 def test_validation_passkey_needs_an_lm_run_long_enough_for_a_prompt(tmp_path):
   with pytest.raises(ValueError, match=r"a passkey prompt needs data.seq_len >= 101, got 64"):
     lm_run(tmp_path, **{"eval.passkey_trials": 2, "data.seq_len": 64})
+  with pytest.raises(ValueError, match=r"keys per depth, 1 to 64 \(the evaluation keys"):
+    lm_run(tmp_path, **{"eval.passkey_trials": 65})

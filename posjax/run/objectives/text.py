@@ -65,13 +65,12 @@ def exact_match_evaluation(run, state, host_batches) -> tuple[dict[str, float], 
 
 def host_batches(rows: dict[str, np.ndarray], batch_size: int, run):
   """This process's share of `rows` cut into global batches of `batch_size` rows, the last one
-  padded with weightless copies of the first row."""
+  padded with weightless copies of the last row."""
   index, count = sharding.batch_share(run.mesh)
   n = len(rows["inputs"])
   for start in range(0, n, batch_size):
     take = np.arange(start, start + batch_size)
-    batch = {k: v[np.minimum(take, n - 1) if start + batch_size > n else take]
-             for k, v in rows.items()}
+    batch = {k: v[np.minimum(take, n - 1)] for k, v in rows.items()}
     batch["weights"] = np.where((take < n)[:, None], batch["weights"], 0.0).astype(np.float32)
     share = batch_size // count
     yield {k: v[index * share:(index + 1) * share] for k, v in batch.items()}
@@ -126,8 +125,10 @@ class LanguageModeling(TextObjective):
     if trials and self.config.task != "lm":
       problems.append(f"eval.passkey_trials={trials}: passkey retrieval is scored for task=lm "
                       "(next-token) runs")
-    elif trials and trials < 0:
-      problems.append(f"eval.passkey_trials={trials}: a number of keys per depth, >= 0")
+    elif trials and not 0 < trials <= passkey.HELD_OUT_KEYS // 4:
+      problems.append(f"eval.passkey_trials={trials}: keys per depth, 1 to "
+                      f"{passkey.HELD_OUT_KEYS // 4} (the evaluation keys the training mixture "
+                      "never uses)")
     elif trials:
       shortest = passkey.min_length(self.tokenizer())
       if self.config.data.seq_len < shortest:
