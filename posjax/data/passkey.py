@@ -129,6 +129,7 @@ def evaluation_rows(tokenizer, length: int, trials: int, depths=DEFAULT_DEPTHS,
 
 
 HELD_OUT_KEYS = 256  # the evaluation keys of every seed < 4 and up to 64 trials never train
+HELD_OUT_TRIALS = HELD_OUT_KEYS // 4  # evaluation keys per seed that never train
 
 
 class PasskeyRows:
@@ -149,7 +150,7 @@ class PasskeyRows:
                        f"shortest passkey prompt with {max_digits}-digit keys), got {seq_len}")
     self.tokenizer, self.seq_len, self.fraction = tokenizer, int(seq_len), float(fraction)
     self.max_digits = int(max_digits)
-    self.held_out = {k for seed in range(4) for k in passkey_keys(HELD_OUT_KEYS // 4, seed)}
+    self.held_out = {k for seed in range(4) for k in passkey_keys(HELD_OUT_TRIALS, seed)}
 
   def __call__(self, row: dict, rng: np.random.Generator) -> dict:
     if rng.random() >= self.fraction:

@@ -125,9 +125,9 @@ class LanguageModeling(TextObjective):
     if trials and self.config.task != "lm":
       problems.append(f"eval.passkey_trials={trials}: passkey retrieval is scored for task=lm "
                       "(next-token) runs")
-    elif trials and not 0 < trials <= passkey.HELD_OUT_KEYS // 4:
+    elif trials and not 0 < trials <= passkey.HELD_OUT_TRIALS:
       problems.append(f"eval.passkey_trials={trials}: keys per depth, 1 to "
-                      f"{passkey.HELD_OUT_KEYS // 4} (the evaluation keys the training mixture "
+                      f"{passkey.HELD_OUT_TRIALS} (the evaluation keys the training mixture "
                       "never uses)")
     elif trials:
       shortest = passkey.min_length(self.tokenizer())
