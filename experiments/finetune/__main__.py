@@ -29,7 +29,8 @@ only the field lists: each run loads its own. Writes `results.csv` (a row per
 run), `baselines.csv` (majority class, naive Bayes or a gazetteer on the same passages:
 `posjax.evaluate.baselines`), `results.md` (per task, the baselines, then each score as the
 mean ± std over seeds), and per task a heatmap of
-the mean test score (methods × schemes) and the test score against passage length, in `<workdir>`.
+the mean test score (methods × schemes) and `<task>_by_length.png`: every method and scheme's test
+score against passage length (± std band) beside the baselines', in `<workdir>`.
 """
 
 from __future__ import annotations
@@ -173,6 +174,38 @@ def _rate_cells(r: dict) -> dict:
   return {"lr scale": f"{r['lr scale']:g}", "learning rate": f"{r['learning rate']:.3g}"}
 
 
+SCHEME_LINESTYLES = ("-", "--", "-.", (0, (3, 1, 1, 1, 1, 1)))
+BASELINE_GREYS = ("0.0", "0.45", "0.7")
+
+
+def by_length_series(summary: list[dict], baselines: list[dict], key: str) -> list:
+  """The lines of `<task>_by_length.png`: every scheme × method of `summary` (its rows at their
+  chosen rate, from `report.over_seeds`) by test length with a ± std band, a color per method
+  and a line style per scheme; then each baseline's test score, grey and dotted."""
+  from posjax.evaluate import report
+  from posjax.nn.peft import METHODS
+  columns = [k for k in summary[0] if k.startswith("test ") and k.endswith(f"x {key}")]
+  lengths = sorted(float(k.split()[1][:-1]) for k in columns)
+  schemes = list(dict.fromkeys(r["scheme"] for r in summary))
+  series = []
+  for r in summary:
+    cells = [f"test {m:g}x {key}" for m in lengths]
+    mean = np.asarray([r[c] for c in cells], np.float64)
+    std = np.asarray([r[f"{c}_std"] for c in cells], np.float64)
+    style = {"color": f"C{METHODS.index(r['method']) % 10}",
+             "linestyle": SCHEME_LINESTYLES[schemes.index(r["scheme"]) % len(SCHEME_LINESTYLES)]}
+    series.append(report.Series(f"{r['scheme']} {r['method']}", lengths, mean, style,
+                                low=mean - std, high=mean + std))
+  names = list(dict.fromkeys(b["baseline"] for b in baselines))
+  for i, name in enumerate(names):
+    test = sorted((b["multiplier"], b[key]) for b in baselines
+                  if b["baseline"] == name and b["split"] == "test")
+    series.append(report.Series(
+        name, [m for m, _ in test], [v for _, v in test],
+        {"color": BASELINE_GREYS[i % len(BASELINE_GREYS)], "linestyle": ":", "marker": "x"}))
+  return series
+
+
 def write_reports(rows: list[dict], workdir: str, baselines: list[dict] = ()) -> str:
   """`results.csv` (a row per run), `results.md` (per task, the baselines, then a table of
   sizes and each score as the mean ± std over seeds) and the plots; returns the Markdown path."""
@@ -222,14 +255,7 @@ def write_reports(rows: list[dict], workdir: str, baselines: list[dict] = ()) ->
             for m in methods]
     report.heatmap(os.path.join(workdir, f"{task}_scores.png"), grid, rows=methods,
                    columns=schemes, title=f"{task}: test {label} at the training length")
-    lengths = sorted({float(k.split()[1][:-1]) for k in scores
-                      if k.startswith("test ") and k.endswith(key)})
-    series = [report.Series(
-        f"{r['scheme']} {r['method']}", lengths, [r[f"test {m:g}x {key}"] for m in lengths],
-        {"linestyle": "-" if r["method"] == "full" else "--"},
-        low=[r[f"test {m:g}x {key}"] - r[f"test {m:g}x {key}_std"] for m in lengths],
-        high=[r[f"test {m:g}x {key}"] + r[f"test {m:g}x {key}_std"] for m in lengths])
-              for r in summary if r["method"] in ("full", "lora")]
+    series = by_length_series(summary, task_baselines, key)
     report.line_plot(os.path.join(workdir, f"{task}_by_length.png"), series,
                      xlabel="longest test passage (× training length)", ylabel=f"test {label}",
                      title=f"{task}: passages longer than in training (± std over seeds)",

@@ -203,6 +203,29 @@ def test_learning_rate_ties_go_to_the_lower_validation_loss():
   assert experiment.best_lr_scale(rows, "ner", "rope", "bitfit") == 0.3
 
 
+def test_the_by_length_plot_draws_every_method_and_the_baselines():
+  from experiments.finetune import __main__ as experiment
+  def row(scheme, method, f1):
+    return {"scheme": scheme, "method": method, "test 1x macro_f1": f1, "test 1x macro_f1_std": 0.1,
+            "test 2x macro_f1": f1 / 2, "test 2x macro_f1_std": 0.0, "test 1x acc": 0.9}
+  summary = [row("rope", "full", 0.6), row("rope", "prompt", 0.4), row("alibi", "bitfit", 0.3)]
+  baselines = [{"baseline": name, "split": split, "multiplier": m, "macro_f1": f1}
+               for name, f1 in (("majority", 0.1), ("naive_bayes", 0.5))
+               for split in ("validation", "test") for m in ((1.0,) if split == "validation"
+                                                             else (2.0, 1.0))]
+  series = {s.label: s for s in experiment.by_length_series(summary, baselines, "macro_f1")}
+  assert list(series) == ["rope full", "rope prompt", "alibi bitfit", "majority", "naive_bayes"]
+  full = series["rope full"]
+  assert list(full.x) == [1.0, 2.0] and list(full.y) == [0.6, 0.3]
+  np.testing.assert_allclose(full.low, [0.5, 0.3])
+  np.testing.assert_allclose(full.high, [0.7, 0.3])
+  styles = [series[k].style for k in ("rope full", "rope prompt", "alibi bitfit")]
+  assert len({s["color"] for s in styles}) == 3  # a color per method
+  assert styles[0]["linestyle"] == styles[1]["linestyle"] != styles[2]["linestyle"]
+  nb = series["naive_bayes"]  # test rows only, in length order
+  assert list(nb.x) == [1.0, 2.0] and list(nb.y) == [0.5, 0.5] and nb.low is None
+
+
 def test_sweep_refuses_bad_learning_rate_scales_before_training(tmp_path):
   from experiments.finetune import __main__ as experiment
   for kwargs in ({"lr_scales": [1.0, 1.0]}, {"lr_scales": [0.0]},
