@@ -1,0 +1,68 @@
+"""Draws `genre512_cls_by_length.png`: the genre fine-tunes on 128- and 512-byte passages (this
+directory's `lr_sweep_cls.csv` and `genre512_cls.csv`, at learning-rate scale 3) by the length of
+the longest test passage in bytes, with naive Bayes and the majority class on the same passages.
+
+  python -m experiments.finetune.plot_genre512
+"""
+
+import csv
+import os
+
+import numpy as np
+
+from posjax.configs import load_config
+from posjax.evaluate import baselines, report
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+MULTIPLIERS = (1, 2, 4)
+
+
+def fine_tunes(csv_name: str, label: str, seq_len: int, style: dict, *, method: str = "full",
+               steps: str | None = None) -> report.Series:
+  """The mean ± std over seeds of one method's test macro-F1 at each test length."""
+  with open(os.path.join(HERE, csv_name)) as f:
+    rows = [r for r in csv.DictReader(f) if r["method"] == method and float(r["lr scale"]) == 3
+            and steps in (None, r["steps"])]
+  y = np.array([[float(r[f"test {m}x macro_f1"]) for m in MULTIPLIERS] for r in rows])
+  mean, std = y.mean(0), y.std(0, ddof=1)
+  return report.Series(f"{label} ({len(rows)} seeds)", [seq_len * m for m in MULTIPLIERS], mean,
+                       style, low=mean - std, high=mean + std)
+
+
+def baseline(name: str, seq_len: int, label: str, style: dict) -> report.Series:
+  """A baseline's test macro-F1, scored afresh on the passages of `seq_len` bytes."""
+  config = load_config(os.path.join(ROOT, "configs/finetune_cls.py"),
+                       **{"data.eval_max_per_work": 150, "data.seq_len": seq_len})
+  rows = [r for r in baselines.for_config(config) if r["baseline"] == name and r["split"] == "test"]
+  return report.Series(label, [seq_len * r["multiplier"] for r in rows],
+                       [r["macro_f1"] for r in rows], style)
+
+
+def main() -> None:
+  series = [
+      fine_tunes("lr_sweep_cls.csv", "full, 128 B passages, 100 steps", 128,
+                 {"color": "C0", "marker": "o", "linestyle": "--"}),
+      fine_tunes("lr_sweep_cls.csv", "prompt, 128 B passages, 100 steps", 128,
+                 {"color": "C1", "marker": "o", "linestyle": "--"}, method="prompt"),
+      fine_tunes("genre512_cls.csv", "full, 512 B passages, 100 steps", 512,
+                 {"color": "C0", "marker": "s"}, steps="100"),
+      fine_tunes("genre512_cls.csv", "prompt, 512 B passages, 100 steps", 512,
+                 {"color": "C1", "marker": "s"}, method="prompt", steps="100"),
+      fine_tunes("genre512_cls.csv", "full, 512 B passages, 300 steps", 512,
+                 {"color": "C2", "marker": "^"}, steps="300"),
+      baseline("naive_bayes", 128, "naive Bayes, 128 B passages",
+               {"color": "0.55", "linestyle": ":", "marker": "x"}),
+      baseline("naive_bayes", 512, "naive Bayes, 512 B passages",
+               {"color": "k", "linestyle": ":", "marker": "x"}),
+      baseline("majority", 128, "majority class", {"color": "0.75", "linestyle": "-."}),
+  ]
+  print(report.line_plot(
+      os.path.join(HERE, "genre512_cls_by_length.png"), series,
+      xlabel="longest test passage (bytes)", ylabel="test macro-F1 (genre)",
+      title="Genre: passage length and fine-tuning steps (± std over seeds)", log2_x=True,
+      size=(7.6, 4.8)))
+
+
+if __name__ == "__main__":
+  main()
