@@ -1,6 +1,7 @@
 """Draws `genre512_cls_by_length.png`: the genre fine-tunes on 128- and 512-byte passages (this
-directory's `lr_sweep_cls.csv` and `genre512_cls.csv`, at learning-rate scale 3) by the length of
-the longest test passage in bytes, with naive Bayes and the majority class on the same passages.
+directory's `lr_sweep_cls.csv` and `genre512_cls.csv`, at learning-rate scale 3; RoPE encoders
+unless the label says ALiBi) by the length of the longest test passage in bytes, with naive Bayes
+and the majority class on the same passages.
 
   python -m experiments.finetune.plot_genre512
 """
@@ -19,11 +20,11 @@ MULTIPLIERS = (1, 2, 4)
 
 
 def fine_tunes(csv_name: str, label: str, seq_len: int, style: dict, *, method: str = "full",
-               steps: str | None = None) -> report.Series:
-  """The mean ± std over seeds of one method's test macro-F1 at each test length."""
+               steps: str | None = None, scheme: str = "rope") -> report.Series:
+  """The mean ± std over seeds of one scheme and method's test macro-F1 at each test length."""
   with open(os.path.join(HERE, csv_name)) as f:
-    rows = [r for r in csv.DictReader(f) if r["method"] == method and float(r["lr scale"]) == 3
-            and steps in (None, r["steps"])]
+    rows = [r for r in csv.DictReader(f) if (r["scheme"], r["method"]) == (scheme, method)
+            and float(r["lr scale"]) == 3 and steps in (None, r["steps"])]
   y = np.array([[float(r[f"test {m}x macro_f1"]) for m in MULTIPLIERS] for r in rows])
   mean, std = y.mean(0), y.std(0, ddof=1)
   return report.Series(f"{label} ({len(rows)} seeds)", [seq_len * m for m in MULTIPLIERS], mean,
@@ -51,6 +52,8 @@ def main() -> None:
                  {"color": "C1", "marker": "s"}, method="prompt", steps="100"),
       fine_tunes("genre512_cls.csv", "full, 512 B passages, 300 steps", 512,
                  {"color": "C2", "marker": "^"}, steps="300"),
+      fine_tunes("genre512_cls.csv", "ALiBi encoder: full, 512 B passages, 300 steps", 512,
+                 {"color": "C3", "marker": "v", "linestyle": "-."}, steps="300", scheme="alibi"),
       baseline("naive_bayes", 128, "naive Bayes, 128 B passages",
                {"color": "0.55", "linestyle": ":", "marker": "x"}),
       baseline("naive_bayes", 512, "naive Bayes, 512 B passages",
