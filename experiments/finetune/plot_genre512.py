@@ -25,10 +25,12 @@ def fine_tunes(csv_name: str, label: str, seq_len: int, style: dict, *, method: 
   with open(os.path.join(HERE, csv_name)) as f:
     rows = [r for r in csv.DictReader(f) if (r["scheme"], r["method"]) == (scheme, method)
             and float(r["lr scale"]) == 3 and steps in (None, r["steps"])]
-  y = np.array([[float(r[f"test {m}x macro_f1"]) for m in MULTIPLIERS] for r in rows])
-  mean, std = y.mean(0), y.std(0, ddof=1)
-  return report.Series(f"{label} ({len(rows)} seeds)", [seq_len * m for m in MULTIPLIERS], mean,
-                       style, low=mean - std, high=mean + std)
+  columns = [f"test {m}x macro_f1" for m in MULTIPLIERS]
+  stats, = report.over_seeds(rows, ("scheme", "method"), columns)
+  mean = np.asarray([stats[c] for c in columns])
+  std = np.asarray([stats[f"{c}_std"] for c in columns])
+  return report.Series(f"{label} ({stats['seeds']} seeds)", [seq_len * m for m in MULTIPLIERS],
+                       mean, style, low=mean - std, high=mean + std)
 
 
 def baseline(name: str, seq_len: int, label: str, style: dict) -> report.Series:
