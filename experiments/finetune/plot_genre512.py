@@ -11,11 +11,10 @@ import os
 
 import numpy as np
 
-from posjax.configs import load_config
-from posjax.evaluate import baselines, report
+from experiments.finetune.__main__ import baseline_rows
+from posjax.evaluate import report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 MULTIPLIERS = (1, 2, 4)
 
 
@@ -35,9 +34,8 @@ def fine_tunes(csv_name: str, label: str, seq_len: int, style: dict, *, method: 
 
 def baseline(name: str, seq_len: int, label: str, style: dict) -> report.Series:
   """A baseline's test macro-F1, scored afresh on the passages of `seq_len` bytes."""
-  config = load_config(os.path.join(ROOT, "configs/finetune_cls.py"),
-                       **{"data.eval_max_per_work": 150, "data.seq_len": seq_len})
-  rows = [r for r in baselines.for_config(config) if r["baseline"] == name and r["split"] == "test"]
+  rows = [r for r in baseline_rows("cls", {"data.eval_max_per_work": 150, "data.seq_len": seq_len})
+          if r["baseline"] == name and r["split"] == "test"]
   return report.Series(label, [seq_len * r["multiplier"] for r in rows],
                        [r["macro_f1"] for r in rows], style)
 
