@@ -11,7 +11,12 @@ change, e.g. `("model.pe_options",)` to evaluate a RoPE run under a context-exte
   config.json       the resolved config in force (ml_collections `to_dict`, JSON)
   provenance.json   {"created": {...}, "sessions": [{...}, ...]}: for each start, the time, the
                     command line, posjax/jax/flax versions, git commit, devices and processes,
-                    and the fields changed from the record, if any
+                    what besides these changes the floats (`numerics`), and the fields changed
+                    from the record, if any
+
+On CPU a rerun of a run's command is bit-identical when all of that agrees. With one config,
+commit and versions, XLA's CPU threading alone (`XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`
+or not) reorders float sums, and training carries the last-bit difference on.
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ RUN_OPTIONS = ("mode", "eval", "generate", "mesh", "data.num_workers", "train.lo
                "train.checkpoint_every", "train.keep_checkpoints")
 
 AllowChanges = Union[bool, Iterable[str]]
+
+# Environment variables (by prefix) and JAX flags that change a run's floats or random numbers.
+NUMERIC_ENV_PREFIXES = ("XLA_", "JAX_", "LIBTPU_")
+NUMERIC_JAX_FLAGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_threefry_partitionable",
+                     "jax_default_prng_impl")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -252,6 +262,17 @@ def provenance() -> dict[str, Any]:
       "device_count": jax.device_count(),
       "local_device_count": jax.local_device_count(),
       "process_count": jax.process_count(),
+      "numerics": numerics(),
+  }
+
+
+def numerics() -> dict[str, Any]:
+  """The environment (`XLA_FLAGS`, `JAX_*`, ...) and JAX flags in force that change the floats."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return {
+      "environment": {k: v for k, v in sorted(os.environ.items())
+                      if k.startswith(NUMERIC_ENV_PREFIXES)},
+      "jax_flags": {name: getattr(jax.config, name, None) for name in NUMERIC_JAX_FLAGS},
   }
 
 

@@ -183,6 +183,7 @@ def test_sigterm_saves_at_once_and_exits_0(tmp_path, monkeypatch):
 
 
 def test_the_run_is_recorded_before_the_first_step(tmp_path, monkeypatch):
+  monkeypatch.setenv("JAX_POSJAX_TEST_FLAG", "1")  # read like JAX_DEFAULT_MATMUL_PRECISION
   run = Run(get_config(), str(tmp_path))
   monkeypatch.setattr(run.trainable, "train_step", None)  # fails at the first step
   with pytest.raises(AttributeError):
@@ -193,6 +194,11 @@ def test_the_run_is_recorded_before_the_first_step(tmp_path, monkeypatch):
   assert provenance["versions"]["jax"] == jax.__version__
   assert provenance["device_count"] == 8 and provenance["process_count"] == 1
   assert provenance["platform"] == "cpu"
+  # What changes the floats besides the config and versions (conftest's XLA_FLAGS make 8 devices).
+  environment = provenance["numerics"]["environment"]
+  assert "--xla_force_host_platform_device_count=8" in environment["XLA_FLAGS"]
+  assert environment["JAX_POSJAX_TEST_FLAG"] == "1" and "PATH" not in environment
+  assert provenance["numerics"]["jax_flags"]["jax_enable_x64"] is False
 
 
 def test_resuming_with_other_training_fields_is_refused(tmp_path):
