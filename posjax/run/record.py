@@ -11,8 +11,8 @@ change, e.g. `("model.pe_options",)` to evaluate a RoPE run under a context-exte
   config.json       the resolved config in force (ml_collections `to_dict`, JSON)
   provenance.json   {"created": {...}, "sessions": [{...}, ...]}: for each start, the time, the
                     command line, posjax/jax/flax versions, git commit, devices and processes,
-                    what besides these changes the floats (`numerics`), and the fields changed
-                    from the record, if any
+                    what besides these changes the floats (`numerics`: XLA/JAX environment,
+                    JAX flags, host CPU), and the fields changed from the record, if any
 
 On CPU a rerun of a run's command is bit-identical when all of that agrees. With one config,
 commit and versions, XLA's CPU threading alone (`XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`
@@ -267,13 +267,26 @@ def provenance() -> dict[str, Any]:
 
 
 def numerics() -> dict[str, Any]:
-  """The environment (`XLA_FLAGS`, `JAX_*`, ...) and JAX flags in force that change the floats."""
+  """The environment (`XLA_FLAGS`, `JAX_*`, ...), JAX flags and host CPU that change the floats
+  (XLA compiles CPU code for the host's instruction set)."""
   import jax  # pylint: disable=g-import-not-at-top
   return {
       "environment": {k: v for k, v in sorted(os.environ.items())
                       if k.startswith(NUMERIC_ENV_PREFIXES)},
       "jax_flags": {name: getattr(jax.config, name, None) for name in NUMERIC_JAX_FLAGS},
+      "host_cpu": _cpu_model(),
   }
+
+
+def _cpu_model() -> Optional[str]:
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine() or None
 
 
 def _git_commit() -> Optional[dict[str, Any]]:

@@ -199,6 +199,7 @@ def test_the_run_is_recorded_before_the_first_step(tmp_path, monkeypatch):
   assert "--xla_force_host_platform_device_count=8" in environment["XLA_FLAGS"]
   assert environment["JAX_POSJAX_TEST_FLAG"] == "1" and "PATH" not in environment
   assert provenance["numerics"]["jax_flags"]["jax_enable_x64"] is False
+  assert provenance["numerics"]["host_cpu"]  # e.g. "AMD EPYC", from /proc/cpuinfo on Linux
 
 
 def test_resuming_with_other_training_fields_is_refused(tmp_path):
