@@ -15,20 +15,21 @@ from experiments.finetune.__main__ import baseline_rows, write_reports
 from posjax.evaluate import report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TEXT = ("task", "scheme", "method")
-INTEGERS = ("seed", "trained params", "steps", "best step", "seconds")
 
 
-def _value(column: str, text: str):
-  if column in TEXT:
-    return text
-  if column in INTEGERS:
-    return int(text)
-  return float(text) if text else math.nan  # the third study's rows have no "val loss"
+def _value(text: str):
+  """A CSV cell as `write_csv` wrote it back: int, float, NaN for an empty cell (the third
+  study's rows have no "val loss"), else the text (task, scheme, method)."""
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return math.nan if text == "" else text
 
 
 def main() -> None:
-  rows = [{k: _value(k, v) for k, v in r.items()}
+  rows = [{k: _value(v) for k, v in r.items()}
           for r in report.read_csv(os.path.join(HERE, "long_ner.csv"))]
   baselines = baseline_rows("ner", {"data.eval_max_per_work": 100})
   with tempfile.TemporaryDirectory() as workdir:
